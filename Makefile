@@ -1,0 +1,44 @@
+# hhalign: `make demo` and `make test` work on a fresh machine; everything installs into .venv.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+TINY := artifacts/tiny
+DEMO_STEPS ?= 60
+export HF_HUB_OFFLINE := 1
+export TOKENIZERS_PARALLELISM := false
+
+.PHONY: help install demo test lint format clean
+
+help:  ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "} {printf "  %-10s %s\n", $$1, $$2}'
+
+$(BIN)/hhalign: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	# torch first: 2.13.0 is a CPU wheel on this machine's disk; GPU users install their own torch first.
+	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/pip install -q torch==2.13.0
+	$(BIN)/pip install -q -e '.[dev]'
+	touch $@
+
+install: $(BIN)/hhalign  ## create .venv and install hhalign with its dev tools
+
+$(TINY)/config.json: $(BIN)/hhalign
+	$(BIN)/hhalign make-tiny --out $(TINY) --size tiny
+
+demo: $(TINY)/config.json  ## train a reward model and DPO on the shipped data with the tiny model
+	$(BIN)/hhalign fit --config configs/tiny/rm.yaml --trainer.max_steps $(DEMO_STEPS)
+	$(BIN)/hhalign fit --config configs/tiny/dpo.yaml
+
+test: install  ## run the test suite
+	$(BIN)/python -m pytest
+
+lint: install  ## ruff check and format check
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+format: install  ## apply ruff's fixes and formatting
+	$(BIN)/ruff check --fix .
+	$(BIN)/ruff format .
+
+clean:  ## remove outputs and built artifacts (keeps .venv)
+	rm -rf outputs artifacts

@@ -1,0 +1,73 @@
+"""The ``hhalign`` command: LightningCLI for fit/validate/test, plain argparse for the tools beside it."""
+
+from __future__ import annotations
+
+import importlib
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, Literal
+
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+from lightning.pytorch.loggers import CSVLogger, Logger, WandbLogger
+
+from hhalign.data import PreferenceDataModule
+from hhalign.errors import UserError
+from hhalign.modules import AlignmentModule
+
+TOOLS = {"make-tiny": "hhalign.tiny:main"}
+"""Subcommands that are not a Trainer method, mapped to ``module:function(argv)``."""
+
+
+class HHAlignCLI(LightningCLI):
+    """Adds the run naming (``outputs/<experiment_name>/<trial_name>/``) and the default loggers."""
+
+    def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+        parser.add_argument("--experiment_name", type=str, default="hhalign", help="Group of runs; wandb project.")
+        parser.add_argument("--trial_name", type=str, default="run", help="This run; wandb run name.")
+        parser.add_argument("--output_dir", type=str, default="outputs", help="Root of every run directory.")
+        parser.add_argument("--wandb_mode", type=Literal["disabled", "offline", "online"], default="disabled",
+                            help="wandb logging beside the CSV log, which is always written.")
+        parser.link_arguments("model.init_args.model_name_or_path", "data.tokenizer_name_or_path")
+
+    def run_dir(self) -> Path:
+        config = self.config[self.subcommand]
+        return Path(config.output_dir) / config.experiment_name / config.trial_name
+
+    def default_loggers(self) -> list[Logger]:
+        config = self.config[self.subcommand]
+        loggers: list[Logger] = [CSVLogger(config.output_dir, name=config.experiment_name, version=config.trial_name)]
+        if config.wandb_mode != "disabled":
+            loggers.append(WandbLogger(project=config.experiment_name, name=config.trial_name,
+                                       save_dir=str(self.run_dir()), mode=config.wandb_mode))
+        return loggers
+
+    def instantiate_trainer(self, **kwargs: Any) -> Any:
+        trainer_config = self._get(self.config_init, "trainer", default={})
+        if trainer_config.get("logger") in (None, True):
+            kwargs["logger"] = self.default_loggers()
+        if trainer_config.get("default_root_dir") is None:
+            kwargs["default_root_dir"] = str(self.run_dir())
+        return super().instantiate_trainer(**kwargs)
+
+
+def _tool(spec: str) -> Callable[[list[str]], Any]:
+    module, function = spec.split(":")
+    return getattr(importlib.import_module(module), function)
+
+
+def main(args: list[str] | None = None) -> None:
+    """Entry point; ``args`` lets tests run the real CLI in-process."""
+    argv = sys.argv[1:] if args is None else list(args)
+    try:
+        if argv and argv[0] in TOOLS:
+            _tool(TOOLS[argv[0]])(argv[1:])
+            return
+        HHAlignCLI(AlignmentModule, PreferenceDataModule, subclass_mode_model=True, args=argv,
+                   save_config_kwargs={"overwrite": True}, auto_configure_optimizers=False)
+    except UserError as err:
+        sys.exit(f"hhalign: error: {err}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,175 @@
+"""The preference LightningDataModule and its collator."""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+from collections import Counter
+from pathlib import Path
+from typing import Any, Literal
+
+import lightning as L
+import torch
+from torch.utils.data import DataLoader
+
+from hhalign.errors import ConfigError, DataError
+from hhalign.loading import load_tokenizer
+from hhalign.pairs import PairTokenizer, TokenizedPair
+from hhalign.records import OnBadRecord, Record, is_local_source, read_hub, read_local
+
+log = logging.getLogger(__name__)
+
+SUMMARY_FILE = "data_summary.json"
+
+
+class PairCollator:
+    """Stack the chosen rows of a batch above its rejected rows, padded to the longest row.
+
+    Returns ``input_ids``, ``attention_mask`` and ``loss_mask``, each ``(2B, T)`` int64, where
+    ``loss_mask`` is 1 on response tokens (EOS included) and rows ``i`` and ``B + i`` form pair ``i``.
+    The pad id is only filler: every mask comes from the row lengths.
+    """
+
+    def __init__(self, pad_token_id: int, padding_side: Literal["right", "left"] = "right") -> None:
+        self.pad_token_id = pad_token_id
+        self.padding_side = padding_side
+
+    def __call__(self, pairs: list[TokenizedPair]) -> dict[str, torch.Tensor]:
+        rows = [(p.prompt, p.chosen) for p in pairs] + [(p.prompt, p.rejected) for p in pairs]
+        width = max(len(prompt) + len(response) for prompt, response in rows)
+        shape = (len(rows), width)
+        input_ids = torch.full(shape, self.pad_token_id, dtype=torch.long)
+        attention_mask = torch.zeros(shape, dtype=torch.long)
+        loss_mask = torch.zeros(shape, dtype=torch.long)
+        for i, (prompt, response) in enumerate(rows):
+            length = len(prompt) + len(response)
+            start = width - length if self.padding_side == "left" else 0
+            input_ids[i, start : start + length] = torch.tensor(prompt + response)
+            attention_mask[i, start : start + length] = 1
+            loss_mask[i, start + len(prompt) : start + length] = 1
+        return {"input_ids": input_ids, "attention_mask": attention_mask, "loss_mask": loss_mask}
+
+
+def split_records(records: list[Record], valid_fraction: float, seed: int) -> tuple[list[Record], list[Record]]:
+    """A seeded split that depends on the records alone, not on the tokenizer or the machine."""
+    if not 0 < valid_fraction < 1:
+        raise ConfigError(f"data.valid_fraction must be between 0 and 1 (got {valid_fraction})")
+    order = list(range(len(records)))
+    random.Random(seed).shuffle(order)
+    n_val = max(1, round(len(records) * valid_fraction))
+    return [records[i] for i in sorted(order[n_val:])], [records[i] for i in sorted(order[:n_val])]
+
+
+def pair_length(pair: TokenizedPair) -> int:
+    """Tokens in the longer row of a pair, which sets the padded width of its batch."""
+    return len(pair.prompt) + max(len(pair.chosen), len(pair.rejected))
+
+
+def length_grouped_batches(pairs: list[TokenizedPair], batch_size: int, seed: int) -> list[list[int]]:
+    """Batches of similar length, in a seeded order: evaluation pads little, and its first
+    batches are a spread of lengths rather than the shortest pairs."""
+    order = sorted(range(len(pairs)), key=lambda i: pair_length(pairs[i]))
+    batches = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+    random.Random(seed).shuffle(batches)
+    return batches
+
+
+class PreferenceDataModule(L.LightningDataModule):
+    """hh-rlhf style chosen/rejected pairs, tokenized with a shared prompt.
+
+    Args:
+        path: A local ``.jsonl``/``.jsonl.gz`` file or folder of them, or a Hugging Face dataset name or
+            folder for ``datasets.load_dataset``.
+        tokenizer_name_or_path: Linked by the CLI to the model's path.
+        data_dir: Passed to ``load_dataset`` (e.g. ``helpful-base`` for ``Anthropic/hh-rlhf``).
+        train_split: Split to train on (hub datasets).
+        val_split: Split to validate on (hub datasets); when None, ``valid_fraction`` of the training
+            records are held out, seeded by ``split_seed``. Local files always use ``valid_fraction``.
+        max_length: Bound on prompt + the longer response, in tokens.
+        max_response_length: Bound on each response (default: ``max_length``).
+        on_bad_record: ``error`` stops at the first unusable record naming its line; ``skip`` drops and counts it.
+    """
+
+    def __init__(
+        self,
+        path: str = "data/hh-rlhf",
+        tokenizer_name_or_path: str = "",
+        data_dir: str | None = None,
+        train_split: str = "train",
+        val_split: str | None = None,
+        valid_fraction: float = 0.1,
+        split_seed: int = 0,
+        max_length: int = 512,
+        max_response_length: int | None = None,
+        batch_size: int = 8,
+        val_batch_size: int | None = None,
+        padding_side: Literal["right", "left"] = "right",
+        num_workers: int = 0,
+        on_bad_record: OnBadRecord = "error",
+        trust_remote_code: bool = False,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        self.train_pairs: list[TokenizedPair] = []
+        self.val_pairs: list[TokenizedPair] = []
+        self.summary: dict[str, Any] = {}
+        self.collator: PairCollator | None = None
+
+    def _read(self, counts: Counter[str]) -> tuple[list[Record], list[Record]]:
+        hp = self.hparams
+        if is_local_source(hp.path):
+            return split_records(read_local(hp.path, hp.on_bad_record, counts), hp.valid_fraction, hp.split_seed)
+        train = read_hub(hp.path, hp.train_split, hp.data_dir, hp.on_bad_record, counts)
+        if hp.val_split is None:
+            return split_records(train, hp.valid_fraction, hp.split_seed)
+        return train, read_hub(hp.path, hp.val_split, hp.data_dir, hp.on_bad_record, counts)
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.collator is not None:
+            return
+        hp = self.hparams
+        tokenizer = load_tokenizer(hp.tokenizer_name_or_path, hp.trust_remote_code)
+        counts: Counter[str] = Counter()
+        train_records, val_records = self._read(counts)
+        pair_tokenizer = PairTokenizer(tokenizer, hp.max_length, hp.max_response_length)
+        self.train_pairs = pair_tokenizer(train_records)
+        self.val_pairs = pair_tokenizer(val_records)
+        counts.update(pair_tokenizer.counts)
+        if not self.train_pairs or not self.val_pairs:
+            raise DataError(
+                f"no {'training' if not self.train_pairs else 'validation'} pairs left after tokenization "
+                f"(drops: {dict(counts)}); raise data.max_length (now {hp.max_length}) or check the data")
+        self.summary = self._summarize(len(train_records) + len(val_records) + counts["bad_record"], counts)
+        self.collator = PairCollator(tokenizer.pad_token_id, hp.padding_side)
+        log.info("data: %s", json.dumps(self.summary))
+        self._save_summary()
+
+    def _summarize(self, read: int, counts: Counter[str]) -> dict[str, Any]:
+        return {
+            "read": read,
+            "kept": {"train": len(self.train_pairs), "val": len(self.val_pairs)},
+            "cut": {k.split(":", 1)[1]: v for k, v in sorted(counts.items()) if k.startswith("cut:")},
+            "dropped": {k.split(":", 1)[-1]: v for k, v in sorted(counts.items()) if not k.startswith("cut:")},
+        }
+
+    def _save_summary(self) -> None:
+        trainer = self.trainer
+        if trainer is None or trainer.log_dir is None or not trainer.is_global_zero:
+            return
+        run_dir = Path(trainer.log_dir)
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / SUMMARY_FILE).write_text(json.dumps(self.summary, indent=2) + "\n")
+
+    def train_dataloader(self) -> DataLoader:
+        return DataLoader(self.train_pairs, batch_size=self.hparams.batch_size, shuffle=True,  # type: ignore[arg-type]
+                          collate_fn=self.collator, num_workers=self.hparams.num_workers)
+
+    def val_dataloader(self) -> DataLoader:
+        batches = length_grouped_batches(self.val_pairs, self.hparams.val_batch_size or self.hparams.batch_size,
+                                         self.hparams.split_seed)
+        return DataLoader(self.val_pairs, batch_sampler=batches, collate_fn=self.collator,  # type: ignore[arg-type]
+                          num_workers=self.hparams.num_workers)
+
+    def test_dataloader(self) -> DataLoader:
+        return self.val_dataloader()

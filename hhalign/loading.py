@@ -1,0 +1,68 @@
+"""Loading Hugging Face tokenizers and models by name or local path, with errors a user can act on."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+from hhalign.errors import ModelLoadError
+from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
+
+
+def _looks_local(name_or_path: str) -> bool:
+    return name_or_path.startswith((".", "/", "~")) or Path(name_or_path).exists()
+
+
+def _check_exists(name_or_path: str, what: str) -> None:
+    if not name_or_path:
+        raise ModelLoadError(f"no {what} path given; set model.model_name_or_path")
+    if _looks_local(name_or_path) and not Path(name_or_path).expanduser().exists():
+        raise ModelLoadError(f"{what} path {name_or_path!r} does not exist; give a Hugging Face model name or a "
+                             "folder written by save_pretrained (e.g. one from `hhalign make-tiny`)")
+
+
+def load_tokenizer(name_or_path: str, trust_remote_code: bool = False) -> Any:
+    """Load a tokenizer and give it a pad token (EOS) when it has none: masks never rely on pad ids."""
+    _check_exists(name_or_path, "tokenizer")
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(name_or_path, trust_remote_code=trust_remote_code)
+    except (OSError, ValueError) as err:
+        raise ModelLoadError(f"could not load a tokenizer from {name_or_path!r}: {err}") from err
+    if tokenizer.pad_token_id is None:
+        if tokenizer.eos_token_id is None:
+            raise ModelLoadError(f"tokenizer {name_or_path!r} has neither a pad nor an EOS token; add an EOS token "
+                                 "to it (tokenizer.add_special_tokens) and save it again")
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def _config_without_dropout(name_or_path: str, trust_remote_code: bool, **overrides: Any) -> Any:
+    """DPO compares policy and reference log-probs, so dropout in either would add noise to h."""
+    config = AutoConfig.from_pretrained(name_or_path, trust_remote_code=trust_remote_code, **overrides)
+    for key, value in list(vars(config).items()):
+        if "dropout" in key and isinstance(value, float):
+            setattr(config, key, 0.0)
+    return config
+
+
+def load_model(
+    name_or_path: str,
+    *,
+    head: str = "causal_lm",
+    disable_dropout: bool = True,
+    dtype: torch.dtype | str | None = None,
+    attn_implementation: str | None = None,
+    trust_remote_code: bool = False,
+) -> Any:
+    """Load a causal LM (``head="causal_lm"``) or a one-output scalar head (``head="reward"``)."""
+    _check_exists(name_or_path, "model")
+    overrides: dict[str, Any] = {"num_labels": 1} if head == "reward" else {}
+    auto = AutoModelForSequenceClassification if head == "reward" else AutoModelForCausalLM
+    try:
+        if disable_dropout:
+            overrides = {"config": _config_without_dropout(name_or_path, trust_remote_code, **overrides)}
+        return auto.from_pretrained(name_or_path, dtype=dtype, attn_implementation=attn_implementation,
+                                    trust_remote_code=trust_remote_code, **overrides)
+    except (OSError, ValueError) as err:
+        raise ModelLoadError(f"could not load model {name_or_path!r}: {err}") from err

@@ -1,0 +1,7 @@
+"""Lightning modules: one per training objective."""
+
+from hhalign.modules.base import AlignmentModule
+from hhalign.modules.dpo import DPOModule
+from hhalign.modules.reward import RewardModule
+
+__all__ = ["AlignmentModule", "DPOModule", "RewardModule"]

@@ -1,0 +1,164 @@
+"""What reward modelling and DPO share: the step skeleton, per-pair metrics and optimizer wiring."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import lightning as L
+import torch
+from lightning.pytorch.cli import OptimizerCallable
+from torch import Tensor, nn
+from torchmetrics import MeanMetric
+from transformers import get_scheduler
+
+STAGES = ("train", "val", "test")
+PAIR_METRICS = ("loss", "reward_accuracy", "tie_rate", "reward_margin", "chosen_reward", "rejected_reward")
+ModelDtype = Literal["float32", "bfloat16", "float16", "auto"]
+
+
+@dataclass
+class PairOutputs:
+    """Per-pair results of one step, each ``(B,)``; ``losses`` carries the gradient."""
+
+    losses: Tensor
+    chosen_rewards: Tensor
+    rejected_rewards: Tensor
+    extras: dict[str, Tensor] = field(default_factory=dict)
+
+    def metric_values(self) -> dict[str, Tensor]:
+        chosen, rejected = self.chosen_rewards.detach().float(), self.rejected_rewards.detach().float()
+        return {
+            "loss": self.losses.detach().float(),
+            "reward_accuracy": (chosen > rejected).float(),
+            "tie_rate": (chosen == rejected).float(),
+            "reward_margin": chosen - rejected,
+            "chosen_reward": chosen,
+            "rejected_reward": rejected,
+            **{k: v.detach().float() for k, v in self.extras.items()},
+        }
+
+
+def position_ids_from_mask(attention_mask: Tensor) -> Tensor:
+    """Positions that count real tokens only, so left-padded rows start at 0 like right-padded ones."""
+    return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+
+
+def last_token_index(attention_mask: Tensor) -> Tensor:
+    """Index of each row's last real token, for either padding side; never looks at pad ids."""
+    positions = torch.arange(attention_mask.shape[-1], device=attention_mask.device)
+    return (positions * attention_mask.bool()).argmax(-1)
+
+
+class AlignmentModule(L.LightningModule):
+    """Base of the preference modules: subclasses build models and turn a batch into ``PairOutputs``.
+
+    Args:
+        model_name_or_path: Hugging Face model name or local folder; also the tokenizer (linked by the CLI).
+        optimizer: Built over the trainable parameters only.
+        lr_schedule: Shape after the linear warmup, stepped every optimizer step.
+        warmup_steps: Linear warmup from 0 to the optimizer's learning rate.
+        model_dtype: Weight dtype at load; keep float32 under ``bf16-mixed`` so master weights stay exact.
+        attn_implementation: Passed to ``from_pretrained`` (``sdpa``, ``eager``, ``flash_attention_2``).
+        trust_remote_code: Run code shipped with a hub model; off unless you trust its authors.
+        disable_dropout: Zero every dropout probability in the model config.
+        val_batches_during_fit: Bound validation while training to this many batches; the validation
+            after the last step always covers every pair.
+    """
+
+    extra_metrics: tuple[str, ...] = ()
+
+    def __init__(
+        self,
+        model_name_or_path: str,
+        optimizer: OptimizerCallable = torch.optim.AdamW,
+        lr_schedule: Literal["cosine", "linear", "constant"] = "cosine",
+        warmup_steps: int = 0,
+        model_dtype: ModelDtype = "float32",
+        attn_implementation: str | None = None,
+        trust_remote_code: bool = False,
+        disable_dropout: bool = True,
+        val_batches_during_fit: int | None = None,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters(ignore=["optimizer"])
+        self.optimizer_factory = optimizer
+        names = PAIR_METRICS + self.extra_metrics
+        for stage in STAGES:  # one metric object per stage, as torchmetrics expects for correct syncing
+            setattr(self, f"{stage}_metrics", nn.ModuleDict({n: MeanMetric() for n in names}))
+
+    def stage_metrics(self, stage: str) -> nn.ModuleDict:
+        return getattr(self, f"{stage}_metrics")
+
+    def load_kwargs(self) -> dict[str, Any]:
+        hp = self.hparams
+        dtype = hp.model_dtype if hp.model_dtype == "auto" else getattr(torch, hp.model_dtype)
+        return {"disable_dropout": hp.disable_dropout, "dtype": dtype,
+                "attn_implementation": hp.attn_implementation, "trust_remote_code": hp.trust_remote_code}
+
+    def trainable_module(self) -> nn.Module:
+        """The module whose parameters the optimizer updates."""
+        raise NotImplementedError
+
+    def pair_outputs(self, batch: dict[str, Tensor]) -> PairOutputs:
+        raise NotImplementedError
+
+    def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
+        out = self.pair_outputs(batch)
+        pairs = out.losses.shape[0]
+        for name, values in out.metric_values().items():
+            metric = self.stage_metrics("train")[name]
+            metric(values)
+            self.log(f"train/{name}", metric, on_step=True, on_epoch=False, batch_size=pairs,
+                     prog_bar=name in ("loss", "reward_accuracy"))
+        return out.losses.mean()
+
+    def _evaluation_step(self, stage: str, batch: dict[str, Tensor], batch_idx: int) -> None:
+        if stage == "val" and self._bounded_validation() and batch_idx >= self.hparams.val_batches_during_fit:
+            return
+        out = self.pair_outputs(batch)
+        for name, values in out.metric_values().items():
+            metric = self.stage_metrics(stage)[name]
+            metric.update(values)
+            self.log(f"{stage}/{name}", metric, on_step=False, on_epoch=True, batch_size=out.losses.shape[0],
+                     prog_bar=name == "reward_accuracy")
+
+    def validation_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
+        self._evaluation_step("val", batch, batch_idx)
+
+    def test_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
+        self._evaluation_step("test", batch, batch_idx)
+
+    def _bounded_validation(self) -> bool:
+        """True for the sanity check and the periodic validations inside ``fit``, not the last one."""
+        trainer = self.trainer
+        if self.hparams.val_batches_during_fit is None or trainer.state.fn != "fit":
+            return False
+        return trainer.sanity_checking or not (trainer.should_stop or self._in_last_epoch_end())
+
+    def _in_last_epoch_end(self) -> bool:
+        trainer = self.trainer
+        last_epoch = trainer.max_epochs is not None and trainer.current_epoch + 1 >= trainer.max_epochs
+        return last_epoch and trainer.fit_loop.epoch_loop.batch_progress.is_last_batch
+
+    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+        # Stopping at max_steps through should_stop makes Lightning validate once more, so every run
+        # ends with a full validation whatever its val_check_interval.
+        if 0 < self.trainer.max_steps <= self.trainer.global_step:
+            self.trainer.should_stop = True
+
+    def on_train_epoch_end(self) -> None:
+        for metric in self.stage_metrics("train").values():
+            metric.reset()
+
+    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+        grads = [p.grad for p in self.trainable_module().parameters() if p.grad is not None]
+        if grads:
+            self.log("train/grad_norm", torch.nn.utils.get_total_norm(grads), on_step=True, on_epoch=False)
+
+    def configure_optimizers(self) -> Any:
+        params = [p for p in self.trainable_module().parameters() if p.requires_grad]
+        optimizer = self.optimizer_factory(params)
+        scheduler = get_scheduler(self.hparams.lr_schedule, optimizer, num_warmup_steps=self.hparams.warmup_steps,
+                                  num_training_steps=int(self.trainer.estimated_stepping_batches))
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}

@@ -1,0 +1,58 @@
+"""RewardModule: a scalar head on a causal-LM backbone, trained with the Bradley–Terry loss."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from hhalign.loading import load_model
+from hhalign.losses import bradley_terry_loss
+from hhalign.modules.base import AlignmentModule, PairOutputs, last_token_index, position_ids_from_mask
+
+
+class RewardModule(AlignmentModule):
+    """Bradley–Terry reward model over ``AutoModelForSequenceClassification`` with one label.
+
+    The reward is read at each row's last real token (the appended EOS), found from the attention
+    mask. The library's own pooling looks for the first ``pad_token_id``, which reads the wrong
+    position whenever pad equals EOS, so the backbone and the head are called here directly.
+    """
+
+    def __init__(self, model_name_or_path: str, **kwargs: Any) -> None:
+        super().__init__(model_name_or_path, **kwargs)
+        self.model: nn.Module | None = None
+
+    def configure_model(self) -> None:
+        if self.model is not None:
+            return
+        self.model = load_model(self.hparams.model_name_or_path, head="reward", **self.load_kwargs())
+        self.model.train()
+
+    def trainable_module(self) -> nn.Module:
+        assert self.model is not None, "configure_model() has not run"
+        return self.model
+
+    def score_head(self) -> nn.Module:
+        model = self.trainable_module()
+        for name in ("score", "classifier"):
+            head = getattr(model, name, None)
+            if isinstance(head, nn.Module):
+                return head
+        raise TypeError(f"{type(model).__name__} has no 'score' or 'classifier' head; RewardModule supports "
+                        "decoder models whose sequence-classification head is a linear layer")
+
+    def rewards(self, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
+        """Scalar reward of each row, ``(N,)`` float32, read at the last real token."""
+        model = self.trainable_module()
+        backbone = getattr(model, model.base_model_prefix)
+        hidden = backbone(input_ids=input_ids, attention_mask=attention_mask,
+                          position_ids=position_ids_from_mask(attention_mask)).last_hidden_state
+        last = hidden[torch.arange(hidden.shape[0], device=hidden.device), last_token_index(attention_mask)]
+        return self.score_head()(last).squeeze(-1).float()
+
+    def pair_outputs(self, batch: dict[str, Tensor]) -> PairOutputs:
+        rewards = self.rewards(batch["input_ids"], batch["attention_mask"])
+        chosen, rejected = rewards.chunk(2)
+        return PairOutputs(bradley_terry_loss(chosen, rejected), chosen.detach(), rejected.detach())

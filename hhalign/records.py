@@ -1,0 +1,117 @@
+"""Reading preference records from local JSONL files or Hugging Face datasets.
+
+A record is either raw hh-rlhf (``chosen`` and ``rejected`` full dialogues) or explicit-prompt
+(``prompt`` plus the two responses). Local files are read line by line so that every bad record
+is reported with its file and line, which ``datasets`` cannot do.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from hhalign.errors import DataError
+
+LOCAL_SUFFIXES = (".jsonl", ".jsonl.gz")
+OnBadRecord = Literal["error", "skip"]
+
+
+@dataclass(frozen=True)
+class Record:
+    """One preference pair as found in the source; ``origin`` is ``file:line`` or ``name[split]#row``."""
+
+    chosen: str
+    rejected: str
+    prompt: str | None
+    origin: str
+
+
+def is_local_source(path: str) -> bool:
+    """True for an existing path, or one that plainly names a local file or folder."""
+    return Path(path).exists() or path.endswith(LOCAL_SUFFIXES) or path.startswith((".", "/", "~"))
+
+
+def local_files(path: str) -> list[Path]:
+    """The JSONL files a local path stands for, sorted so that reading order is reproducible."""
+    root = Path(path).expanduser()
+    if not root.exists():
+        raise DataError(f"data path {path!r} does not exist; set data.path to a .jsonl/.jsonl.gz file, a folder "
+                        "of them, or a Hugging Face dataset name")
+    files = [root] if root.is_file() else sorted(p for p in root.iterdir() if p.name.endswith(LOCAL_SUFFIXES))
+    if not files:
+        raise DataError(f"data folder {path!r} holds no .jsonl or .jsonl.gz files")
+    return files
+
+
+def _lines(file: Path) -> Iterator[tuple[int, bytes]]:
+    opener = gzip.open if file.name.endswith(".gz") else open
+    with opener(file, "rb") as handle:
+        yield from enumerate(handle, start=1)
+
+
+def to_record(raw: Any, origin: str) -> Record:
+    """Validate one decoded record; raise ``DataError`` naming ``origin`` when it is unusable."""
+    if not isinstance(raw, dict):
+        raise DataError(f"{origin}: expected a JSON object, got {type(raw).__name__}")
+    fields = ("prompt", "chosen", "rejected") if "prompt" in raw else ("chosen", "rejected")
+    for key in fields:
+        if key not in raw:
+            raise DataError(f"{origin}: missing key {key!r}; each record needs string fields 'chosen' and "
+                            "'rejected' (and optionally 'prompt')")
+        if not isinstance(raw[key], str):
+            raise DataError(f"{origin}: field {key!r} must be a string, got {type(raw[key]).__name__}")
+    return Record(raw["chosen"], raw["rejected"], raw.get("prompt"), origin)
+
+
+def read_local(path: str, on_bad_record: OnBadRecord, bad: Counter[str]) -> list[Record]:
+    """Read every record under a local path; bad lines raise or, with ``skip``, count in ``bad``."""
+    records: list[Record] = []
+    for file in local_files(path):
+        for lineno, line in _lines(file):
+            origin = f"{file}:{lineno}"
+            try:
+                text = line.decode("utf-8")
+                if not text.strip():
+                    continue
+                records.append(to_record(json.loads(text), origin))
+            except (UnicodeDecodeError, json.JSONDecodeError, DataError) as err:
+                if on_bad_record == "skip":
+                    bad["bad_record"] += 1
+                    continue
+                reason = err if isinstance(err, DataError) else f"{origin}: {_describe(err)}"
+                raise DataError(f"{reason}. Fix the record, or set data.on_bad_record: skip to drop and count "
+                                "bad records") from None
+    if not records:
+        raise DataError(f"no usable records in {path!r}: the files are empty")
+    return records
+
+
+def _describe(err: Exception) -> str:
+    if isinstance(err, UnicodeDecodeError):
+        return f"not valid UTF-8 (byte {err.start} of the line); re-encode the file as UTF-8"
+    return f"malformed JSON ({err})"
+
+
+def read_hub(path: str, split: str, data_dir: str | None, on_bad_record: OnBadRecord,
+             bad: Counter[str]) -> list[Record]:
+    """Read one split through ``datasets.load_dataset`` (a hub name or a dataset folder)."""
+    import datasets
+
+    try:
+        dataset = datasets.load_dataset(path, data_dir=data_dir, split=split)
+    except Exception as err:  # datasets raises many types for a wrong name, split or missing network
+        raise DataError(f"could not load dataset {path!r} (data_dir={data_dir!r}, split={split!r}): {err}") from err
+    records = []
+    for row, raw in enumerate(dataset):
+        try:
+            records.append(to_record(raw, f"{path}[{split}]#{row}"))
+        except DataError:
+            if on_bad_record == "error":
+                raise
+            bad["bad_record"] += 1
+    return records
