@@ -19,15 +19,23 @@ class Throughput(Callback):
     def __init__(self) -> None:
         self._start = 0.0
 
-    def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any,
-                             batch_idx: int) -> None:
+    def on_train_batch_start(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int
+    ) -> None:
         self._start = time.perf_counter()
 
-    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any,
-                           batch_idx: int) -> None:
+    def on_train_batch_end(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
         seconds = max(time.perf_counter() - self._start, 1e-9)
         pairs = batch["input_ids"].shape[0] // 2
-        pl_module.log("train/pairs_per_sec", pairs / seconds, on_step=True, on_epoch=False, prog_bar=True,
-                      batch_size=pairs)
-        pl_module.log("train/tokens_per_sec", float(batch["attention_mask"].sum()) / seconds, on_step=True,
-                      on_epoch=False, batch_size=pairs)
+        pl_module.log(
+            "train/pairs_per_sec", pairs / seconds, on_step=True, on_epoch=False, prog_bar=True, batch_size=pairs
+        )
+        pl_module.log(
+            "train/tokens_per_sec",
+            float(batch["attention_mask"].sum()) / seconds,
+            on_step=True,
+            on_epoch=False,
+            batch_size=pairs,
+        )

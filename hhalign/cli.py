@@ -26,8 +26,12 @@ class HHAlignCLI(LightningCLI):
         parser.add_argument("--experiment_name", type=str, default="hhalign", help="Group of runs; wandb project.")
         parser.add_argument("--trial_name", type=str, default="run", help="This run; wandb run name.")
         parser.add_argument("--output_dir", type=str, default="outputs", help="Root of every run directory.")
-        parser.add_argument("--wandb_mode", type=Literal["disabled", "offline", "online"], default="disabled",
-                            help="wandb logging beside the CSV log, which is always written.")
+        parser.add_argument(
+            "--wandb_mode",
+            type=Literal["disabled", "offline", "online"],
+            default="disabled",
+            help="wandb logging beside the CSV log, which is always written.",
+        )
         parser.link_arguments("model.init_args.model_name_or_path", "data.tokenizer_name_or_path")
 
     def run_dir(self) -> Path:
@@ -38,8 +42,14 @@ class HHAlignCLI(LightningCLI):
         config = self.config[self.subcommand]
         loggers: list[Logger] = [CSVLogger(config.output_dir, name=config.experiment_name, version=config.trial_name)]
         if config.wandb_mode != "disabled":
-            loggers.append(WandbLogger(project=config.experiment_name, name=config.trial_name,
-                                       save_dir=str(self.run_dir()), mode=config.wandb_mode))
+            loggers.append(
+                WandbLogger(
+                    project=config.experiment_name,
+                    name=config.trial_name,
+                    save_dir=str(self.run_dir()),
+                    mode=config.wandb_mode,
+                )
+            )
         return loggers
 
     def instantiate_trainer(self, **kwargs: Any) -> Any:
@@ -63,8 +73,14 @@ def main(args: list[str] | None = None) -> None:
         if argv and argv[0] in TOOLS:
             _tool(TOOLS[argv[0]])(argv[1:])
             return
-        HHAlignCLI(AlignmentModule, PreferenceDataModule, subclass_mode_model=True, args=argv,
-                   save_config_kwargs={"overwrite": True}, auto_configure_optimizers=False)
+        HHAlignCLI(
+            AlignmentModule,
+            PreferenceDataModule,
+            subclass_mode_model=True,
+            args=argv,
+            save_config_kwargs={"overwrite": True},
+            auto_configure_optimizers=False,
+        )
     except UserError as err:
         sys.exit(f"hhalign: error: {err}")
 

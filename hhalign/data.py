@@ -139,7 +139,8 @@ class PreferenceDataModule(L.LightningDataModule):
         if not self.train_pairs or not self.val_pairs:
             raise DataError(
                 f"no {'training' if not self.train_pairs else 'validation'} pairs left after tokenization "
-                f"(drops: {dict(counts)}); raise data.max_length (now {hp.max_length}) or check the data")
+                f"(drops: {dict(counts)}); raise data.max_length (now {hp.max_length}) or check the data"
+            )
         self.summary = self._summarize(len(train_records) + len(val_records) + counts["bad_record"], counts)
         self.collator = PairCollator(tokenizer.pad_token_id, hp.padding_side)
         log.info("data: %s", json.dumps(self.summary))
@@ -162,14 +163,24 @@ class PreferenceDataModule(L.LightningDataModule):
         (run_dir / SUMMARY_FILE).write_text(json.dumps(self.summary, indent=2) + "\n")
 
     def train_dataloader(self) -> DataLoader:
-        return DataLoader(self.train_pairs, batch_size=self.hparams.batch_size, shuffle=True,  # type: ignore[arg-type]
-                          collate_fn=self.collator, num_workers=self.hparams.num_workers)
+        return DataLoader(
+            self.train_pairs,
+            batch_size=self.hparams.batch_size,
+            shuffle=True,  # type: ignore[arg-type]
+            collate_fn=self.collator,
+            num_workers=self.hparams.num_workers,
+        )
 
     def val_dataloader(self) -> DataLoader:
-        batches = length_grouped_batches(self.val_pairs, self.hparams.val_batch_size or self.hparams.batch_size,
-                                         self.hparams.split_seed)
-        return DataLoader(self.val_pairs, batch_sampler=batches, collate_fn=self.collator,  # type: ignore[arg-type]
-                          num_workers=self.hparams.num_workers)
+        batches = length_grouped_batches(
+            self.val_pairs, self.hparams.val_batch_size or self.hparams.batch_size, self.hparams.split_seed
+        )
+        return DataLoader(
+            self.val_pairs,
+            batch_sampler=batches,
+            collate_fn=self.collator,  # type: ignore[arg-type]
+            num_workers=self.hparams.num_workers,
+        )
 
     def test_dataloader(self) -> DataLoader:
         return self.val_dataloader()

@@ -6,8 +6,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from hhalign.errors import ModelLoadError
 from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
+
+from hhalign.errors import ModelLoadError
 
 
 def _looks_local(name_or_path: str) -> bool:
@@ -18,8 +19,10 @@ def _check_exists(name_or_path: str, what: str) -> None:
     if not name_or_path:
         raise ModelLoadError(f"no {what} path given; set model.model_name_or_path")
     if _looks_local(name_or_path) and not Path(name_or_path).expanduser().exists():
-        raise ModelLoadError(f"{what} path {name_or_path!r} does not exist; give a Hugging Face model name or a "
-                             "folder written by save_pretrained (e.g. one from `hhalign make-tiny`)")
+        raise ModelLoadError(
+            f"{what} path {name_or_path!r} does not exist; give a Hugging Face model name or a "
+            "folder written by save_pretrained (e.g. one from `hhalign make-tiny`)"
+        )
 
 
 def load_tokenizer(name_or_path: str, trust_remote_code: bool = False) -> Any:
@@ -31,8 +34,10 @@ def load_tokenizer(name_or_path: str, trust_remote_code: bool = False) -> Any:
         raise ModelLoadError(f"could not load a tokenizer from {name_or_path!r}: {err}") from err
     if tokenizer.pad_token_id is None:
         if tokenizer.eos_token_id is None:
-            raise ModelLoadError(f"tokenizer {name_or_path!r} has neither a pad nor an EOS token; add an EOS token "
-                                 "to it (tokenizer.add_special_tokens) and save it again")
+            raise ModelLoadError(
+                f"tokenizer {name_or_path!r} has neither a pad nor an EOS token; add an EOS token "
+                "to it (tokenizer.add_special_tokens) and save it again"
+            )
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer
 
@@ -62,7 +67,12 @@ def load_model(
     try:
         if disable_dropout:
             overrides = {"config": _config_without_dropout(name_or_path, trust_remote_code, **overrides)}
-        return auto.from_pretrained(name_or_path, dtype=dtype, attn_implementation=attn_implementation,
-                                    trust_remote_code=trust_remote_code, **overrides)
+        return auto.from_pretrained(
+            name_or_path,
+            dtype=dtype,
+            attn_implementation=attn_implementation,
+            trust_remote_code=trust_remote_code,
+            **overrides,
+        )
     except (OSError, ValueError) as err:
         raise ModelLoadError(f"could not load model {name_or_path!r}: {err}") from err

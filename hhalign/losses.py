@@ -8,6 +8,7 @@ the mean, so the same functions serve training, validation and per-pair diagnost
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -73,6 +74,9 @@ def _ipo(h: Tensor, beta: float) -> Tensor:
 
 DPO_LOSSES: dict[str, Callable[[Tensor, float], Tensor]] = {"sigmoid": _sigmoid, "ipo": _ipo}
 """Loss of the log-ratio difference ``h``, by ``loss_type``."""
+
+LossType = Literal["sigmoid", "ipo"]
+"""The ``loss_type`` values, as a type the CLI validates at parse time; keep in step with ``DPO_LOSSES``."""
 
 LENGTH_NORMALIZED_LOSSES = frozenset({"ipo"})
 """Loss types whose callers pass per-token-averaged log-probs rather than sums."""

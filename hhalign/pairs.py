@@ -61,8 +61,10 @@ class PairTokenizer:
 
     def __init__(self, tokenizer: Any, max_length: int, max_response_length: int | None = None) -> None:
         if tokenizer.eos_token_id is None:
-            raise ModelLoadError(f"tokenizer {tokenizer.name_or_path!r} has no EOS token; set one (tokenizer.eos_token) "
-                             "so that responses can be marked as ended")
+            raise ModelLoadError(
+                f"tokenizer {tokenizer.name_or_path!r} has no EOS token; set one (tokenizer.eos_token) "
+                "so that responses can be marked as ended"
+            )
         self.tokenizer = tokenizer
         self.max_length = max_length
         self.max_response_length = max_response_length or max_length
@@ -100,11 +102,13 @@ class PairTokenizer:
         chosen = self._encode([c for _, c, _ in texts])
         rejected = self._encode([r for _, _, r in texts])
         pairs = []
-        for (prompt_text, _, _), prompt_ids, chosen_ids, rejected_ids in zip(texts, prompts, chosen, rejected,
-                                                                            strict=True):
+        for (prompt_text, _, _), prompt_ids, chosen_ids, rejected_ids in zip(
+            texts, prompts, chosen, rejected, strict=True
+        ):
             chosen_ids, rejected_ids = self._response(chosen_ids), self._response(rejected_ids)
-            prompt_ids = self._fit_prompt(prompt_text, prompt_ids, self.max_length - max(len(chosen_ids),
-                                                                                          len(rejected_ids)))
+            prompt_ids = self._fit_prompt(
+                prompt_text, prompt_ids, self.max_length - max(len(chosen_ids), len(rejected_ids))
+            )
             if prompt_ids is None:
                 self.counts["drop:prompt_too_long"] += 1
             elif chosen_ids == rejected_ids:

@@ -40,8 +40,10 @@ def local_files(path: str) -> list[Path]:
     """The JSONL files a local path stands for, sorted so that reading order is reproducible."""
     root = Path(path).expanduser()
     if not root.exists():
-        raise DataError(f"data path {path!r} does not exist; set data.path to a .jsonl/.jsonl.gz file, a folder "
-                        "of them, or a Hugging Face dataset name")
+        raise DataError(
+            f"data path {path!r} does not exist; set data.path to a .jsonl/.jsonl.gz file, a folder "
+            "of them, or a Hugging Face dataset name"
+        )
     files = [root] if root.is_file() else sorted(p for p in root.iterdir() if p.name.endswith(LOCAL_SUFFIXES))
     if not files:
         raise DataError(f"data folder {path!r} holds no .jsonl or .jsonl.gz files")
@@ -61,8 +63,10 @@ def to_record(raw: Any, origin: str) -> Record:
     fields = ("prompt", "chosen", "rejected") if "prompt" in raw else ("chosen", "rejected")
     for key in fields:
         if key not in raw:
-            raise DataError(f"{origin}: missing key {key!r}; each record needs string fields 'chosen' and "
-                            "'rejected' (and optionally 'prompt')")
+            raise DataError(
+                f"{origin}: missing key {key!r}; each record needs string fields 'chosen' and "
+                "'rejected' (and optionally 'prompt')"
+            )
         if not isinstance(raw[key], str):
             raise DataError(f"{origin}: field {key!r} must be a string, got {type(raw[key]).__name__}")
     return Record(raw["chosen"], raw["rejected"], raw.get("prompt"), origin)
@@ -84,8 +88,9 @@ def read_local(path: str, on_bad_record: OnBadRecord, bad: Counter[str]) -> list
                     bad["bad_record"] += 1
                     continue
                 reason = err if isinstance(err, DataError) else f"{origin}: {_describe(err)}"
-                raise DataError(f"{reason}. Fix the record, or set data.on_bad_record: skip to drop and count "
-                                "bad records") from None
+                raise DataError(
+                    f"{reason}. Fix the record, or set data.on_bad_record: skip to drop and count bad records"
+                ) from None
     if not records:
         raise DataError(f"no usable records in {path!r}: the files are empty")
     return records
@@ -97,8 +102,9 @@ def _describe(err: Exception) -> str:
     return f"malformed JSON ({err})"
 
 
-def read_hub(path: str, split: str, data_dir: str | None, on_bad_record: OnBadRecord,
-             bad: Counter[str]) -> list[Record]:
+def read_hub(
+    path: str, split: str, data_dir: str | None, on_bad_record: OnBadRecord, bad: Counter[str]
+) -> list[Record]:
     """Read one split through ``datasets.load_dataset`` (a hub name or a dataset folder)."""
     import datasets
 

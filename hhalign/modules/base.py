@@ -93,8 +93,12 @@ class AlignmentModule(L.LightningModule):
     def load_kwargs(self) -> dict[str, Any]:
         hp = self.hparams
         dtype = hp.model_dtype if hp.model_dtype == "auto" else getattr(torch, hp.model_dtype)
-        return {"disable_dropout": hp.disable_dropout, "dtype": dtype,
-                "attn_implementation": hp.attn_implementation, "trust_remote_code": hp.trust_remote_code}
+        return {
+            "disable_dropout": hp.disable_dropout,
+            "dtype": dtype,
+            "attn_implementation": hp.attn_implementation,
+            "trust_remote_code": hp.trust_remote_code,
+        }
 
     def trainable_module(self) -> nn.Module:
         """The module whose parameters the optimizer updates."""
@@ -109,8 +113,14 @@ class AlignmentModule(L.LightningModule):
         for name, values in out.metric_values().items():
             metric = self.stage_metrics("train")[name]
             metric(values)
-            self.log(f"train/{name}", metric, on_step=True, on_epoch=False, batch_size=pairs,
-                     prog_bar=name in ("loss", "reward_accuracy"))
+            self.log(
+                f"train/{name}",
+                metric,
+                on_step=True,
+                on_epoch=False,
+                batch_size=pairs,
+                prog_bar=name in ("loss", "reward_accuracy"),
+            )
         return out.losses.mean()
 
     def _evaluation_step(self, stage: str, batch: dict[str, Tensor], batch_idx: int) -> None:
@@ -120,8 +130,14 @@ class AlignmentModule(L.LightningModule):
         for name, values in out.metric_values().items():
             metric = self.stage_metrics(stage)[name]
             metric.update(values)
-            self.log(f"{stage}/{name}", metric, on_step=False, on_epoch=True, batch_size=out.losses.shape[0],
-                     prog_bar=name == "reward_accuracy")
+            self.log(
+                f"{stage}/{name}",
+                metric,
+                on_step=False,
+                on_epoch=True,
+                batch_size=out.losses.shape[0],
+                prog_bar=name == "reward_accuracy",
+            )
 
     def validation_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
         self._evaluation_step("val", batch, batch_idx)
@@ -159,6 +175,10 @@ class AlignmentModule(L.LightningModule):
     def configure_optimizers(self) -> Any:
         params = [p for p in self.trainable_module().parameters() if p.requires_grad]
         optimizer = self.optimizer_factory(params)
-        scheduler = get_scheduler(self.hparams.lr_schedule, optimizer, num_warmup_steps=self.hparams.warmup_steps,
-                                  num_training_steps=int(self.trainer.estimated_stepping_batches))
+        scheduler = get_scheduler(
+            self.hparams.lr_schedule,
+            optimizer,
+            num_warmup_steps=self.hparams.warmup_steps,
+            num_training_steps=int(self.trainer.estimated_stepping_batches),
+        )
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}

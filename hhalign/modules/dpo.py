@@ -5,10 +5,18 @@ from __future__ import annotations
 from typing import Any
 
 import torch
+from jsonargparse.typing import PositiveFloat
 from torch import Tensor, nn
 
 from hhalign.loading import load_model
-from hhalign.losses import LENGTH_NORMALIZED_LOSSES, check_dpo_options, dpo_loss, implicit_rewards, sequence_logps
+from hhalign.losses import (
+    LENGTH_NORMALIZED_LOSSES,
+    LossType,
+    check_dpo_options,
+    dpo_loss,
+    implicit_rewards,
+    sequence_logps,
+)
 from hhalign.modules.base import AlignmentModule, PairOutputs, position_ids_from_mask
 
 REF_PREFIX = "ref."
@@ -32,8 +40,8 @@ class DPOModule(AlignmentModule):
         self,
         model_name_or_path: str,
         ref_model_name_or_path: str | None = None,
-        beta: float = 0.1,
-        loss_type: str = "sigmoid",
+        beta: PositiveFloat = 0.1,  # type: ignore[assignment]
+        loss_type: LossType = "sigmoid",
         **kwargs: Any,
     ) -> None:
         check_dpo_options(beta, loss_type)
@@ -63,8 +71,11 @@ class DPOModule(AlignmentModule):
 
     @staticmethod
     def _logps(model: nn.Module, batch: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
-        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                       position_ids=position_ids_from_mask(batch["attention_mask"])).logits
+        logits = model(
+            input_ids=batch["input_ids"],
+            attention_mask=batch["attention_mask"],
+            position_ids=position_ids_from_mask(batch["attention_mask"]),
+        ).logits
         return sequence_logps(logits, batch["input_ids"], batch["loss_mask"])
 
     def pair_outputs(self, batch: dict[str, Tensor]) -> PairOutputs:
@@ -75,8 +86,9 @@ class DPOModule(AlignmentModule):
         beta, loss_type = self.hparams.beta, self.hparams.loss_type
         if loss_type in LENGTH_NORMALIZED_LOSSES:
             per_token = n_tokens.clamp(min=1)
-            losses, _, _ = dpo_loss(*(logps / per_token).chunk(2), *(ref_logps / per_token).chunk(2),
-                                    beta=beta, loss_type=loss_type)
+            losses, _, _ = dpo_loss(
+                *(logps / per_token).chunk(2), *(ref_logps / per_token).chunk(2), beta=beta, loss_type=loss_type
+            )
         else:
             losses, _, _ = dpo_loss(*logps.chunk(2), *ref_logps.chunk(2), beta=beta, loss_type=loss_type)
         # Logged rewards always come from summed log-probs, whatever the loss reads.

@@ -40,15 +40,18 @@ class RewardModule(AlignmentModule):
             head = getattr(model, name, None)
             if isinstance(head, nn.Module):
                 return head
-        raise TypeError(f"{type(model).__name__} has no 'score' or 'classifier' head; RewardModule supports "
-                        "decoder models whose sequence-classification head is a linear layer")
+        raise TypeError(
+            f"{type(model).__name__} has no 'score' or 'classifier' head; RewardModule supports "
+            "decoder models whose sequence-classification head is a linear layer"
+        )
 
     def rewards(self, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
         """Scalar reward of each row, ``(N,)`` float32, read at the last real token."""
         model = self.trainable_module()
         backbone = getattr(model, model.base_model_prefix)
-        hidden = backbone(input_ids=input_ids, attention_mask=attention_mask,
-                          position_ids=position_ids_from_mask(attention_mask)).last_hidden_state
+        hidden = backbone(
+            input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids_from_mask(attention_mask)
+        ).last_hidden_state
         last = hidden[torch.arange(hidden.shape[0], device=hidden.device), last_token_index(attention_mask)]
         return self.score_head()(last).squeeze(-1).float()
 

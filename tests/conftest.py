@@ -1,0 +1,53 @@
+"""Shared fixtures: one offline tiny model per session and small slices of the shipped data."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+REPO = Path(__file__).resolve().parent.parent
+SHIPPED = REPO / "data" / "hh-rlhf"
+
+
+def shipped_records(limit: int | None = None) -> list[dict]:
+    """Raw records of the shipped helpful-base split, in file order."""
+    records = []
+    with gzip.open(SHIPPED / "helpful-base-test.jsonl.gz", "rt", encoding="utf-8") as handle:
+        for line in handle:
+            records.append(json.loads(line))
+            if limit is not None and len(records) == limit:
+                break
+    return records
+
+
+def write_jsonl(path: Path, records: list) -> Path:
+    path.write_text("".join(json.dumps(r) + "\n" for r in records))
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The offline tiny model and tokenizer, built once per session the way `make-tiny` builds them."""
+    from hhalign.tiny import make_tiny
+
+    return make_tiny(str(tmp_path_factory.mktemp("tiny")), size="tiny", data=str(SHIPPED))
+
+
+@pytest.fixture(scope="session")
+def tokenizer(tiny_dir: Path):
+    from hhalign.loading import load_tokenizer
+
+    return load_tokenizer(str(tiny_dir))
+
+
+@pytest.fixture
+def small_jsonl(tmp_path: Path) -> Path:
+    """48 real pairs in a plain JSONL file: enough for a few training steps and a validation split."""
+    return write_jsonl(tmp_path / "pairs.jsonl", shipped_records(48))

@@ -1,0 +1,121 @@
+"""The collator's exact contract and the data module on real files."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+from hhalign.data import PairCollator, PreferenceDataModule, length_grouped_batches
+from hhalign.pairs import TokenizedPair
+
+PAIRS = [
+    TokenizedPair(prompt=[5, 6], chosen=[7, 1], rejected=[8, 9, 1]),
+    TokenizedPair(prompt=[5], chosen=[4, 4, 4, 1], rejected=[3, 1]),
+]
+
+
+def test_collator_right_padding_exact_tensors():
+    batch = PairCollator(pad_token_id=1)(PAIRS)  # pad == EOS == 1, as in many real tokenizers
+    assert torch.equal(
+        batch["input_ids"],
+        torch.tensor(
+            [
+                [5, 6, 7, 1, 1],
+                [5, 4, 4, 4, 1],
+                [5, 6, 8, 9, 1],
+                [5, 3, 1, 1, 1],
+            ]
+        ),
+    )
+    assert torch.equal(
+        batch["attention_mask"],
+        torch.tensor(
+            [
+                [1, 1, 1, 1, 0],
+                [1, 1, 1, 1, 1],
+                [1, 1, 1, 1, 1],
+                [1, 1, 1, 0, 0],
+            ]
+        ),
+    )
+    assert torch.equal(
+        batch["loss_mask"],
+        torch.tensor(
+            [
+                [0, 0, 1, 1, 0],
+                [0, 1, 1, 1, 1],
+                [0, 0, 1, 1, 1],
+                [0, 1, 1, 0, 0],
+            ]
+        ),
+    )
+
+
+def test_collator_left_padding_exact_tensors():
+    batch = PairCollator(pad_token_id=0, padding_side="left")(PAIRS)
+    assert torch.equal(
+        batch["input_ids"],
+        torch.tensor(
+            [
+                [0, 5, 6, 7, 1],
+                [5, 4, 4, 4, 1],
+                [5, 6, 8, 9, 1],
+                [0, 0, 5, 3, 1],
+            ]
+        ),
+    )
+    assert torch.equal(batch["attention_mask"], (batch["input_ids"] != 0).long())
+    assert torch.equal(
+        batch["loss_mask"],
+        torch.tensor(
+            [
+                [0, 0, 0, 1, 1],
+                [0, 1, 1, 1, 1],
+                [0, 0, 1, 1, 1],
+                [0, 0, 0, 1, 1],
+            ]
+        ),
+    )
+
+
+def test_length_grouped_batches_partition_the_pairs():
+    pairs = [TokenizedPair([1] * n, [2], [3]) for n in (9, 1, 5, 3, 7, 2, 8)]
+    batches = length_grouped_batches(pairs, 3, seed=0)
+    assert sorted(i for b in batches for i in b) == list(range(7))
+    assert batches == length_grouped_batches(pairs, 3, seed=0)
+    assert [1, 5, 3] in batches  # the three shortest pairs share a batch
+
+
+def _module(path: Path, tiny_dir: Path, **kwargs) -> PreferenceDataModule:
+    return PreferenceDataModule(path=str(path), tokenizer_name_or_path=str(tiny_dir), **kwargs)
+
+
+def test_shipped_data_split_is_seeded_and_large_enough(tiny_dir: Path):
+    from tests.conftest import SHIPPED
+
+    first = _module(SHIPPED, tiny_dir, max_length=512, max_response_length=256, valid_fraction=0.1)
+    first.setup("fit")
+    again = _module(SHIPPED, tiny_dir, max_length=512, max_response_length=256, valid_fraction=0.1)
+    again.setup("fit")
+    assert len(first.val_pairs) >= 400
+    assert first.val_pairs == again.val_pairs and first.train_pairs == again.train_pairs
+    summary = first.summary
+    assert summary["read"] == 4666
+    dropped = sum(summary["dropped"].values())
+    assert summary["kept"]["train"] + summary["kept"]["val"] == 4666 - dropped
+
+
+def test_summary_is_saved_to_the_run_directory(tmp_path: Path, tiny_dir: Path, small_jsonl: Path):
+    import lightning as L
+    from lightning.pytorch.loggers import CSVLogger
+
+    data = _module(small_jsonl, tiny_dir, max_length=256, valid_fraction=0.25)
+    trainer = L.Trainer(logger=CSVLogger(tmp_path, name="exp", version="trial"), accelerator="cpu")
+    data.trainer = trainer
+    data.setup("fit")
+    saved = json.loads((tmp_path / "exp" / "trial" / "data_summary.json").read_text())
+    assert saved == data.summary and saved["read"] == 48
+    batch = next(iter(data.train_dataloader()))
+    assert batch["input_ids"].shape[0] == 2 * 8

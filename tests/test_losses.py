@@ -1,0 +1,138 @@
+"""Losses against hand computations and the properties every DPO loss must have."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from torch.testing import assert_close
+
+from hhalign.losses import DPO_LOSSES, bradley_terry_loss, dpo_loss, sequence_logps
+
+
+def _reference_logps(logits: torch.Tensor, labels: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """The plain computation: full log-softmax, shift by one, mask, sum."""
+    logprobs = torch.log_softmax(logits.double(), dim=-1)[:, :-1]
+    picked = logprobs.gather(-1, labels[:, 1:, None]).squeeze(-1)
+    return (picked * mask[:, 1:]).sum(-1)
+
+
+def test_sequence_logps_matches_log_softmax_on_perturbed_logits():
+    torch.manual_seed(0)
+    logits = torch.randn(3, 7, 11) * 3 + torch.randn(11)  # far from uniform
+    labels = torch.randint(0, 11, (3, 7))
+    mask = torch.tensor([[0, 0, 1, 1, 1, 0, 0], [0, 1, 1, 1, 1, 1, 1], [0, 0, 0, 0, 0, 1, 1]])
+    logp, n = sequence_logps(logits, labels, mask)
+    assert_close(logp, _reference_logps(logits, labels, mask).float(), rtol=1e-6, atol=1e-5)
+    assert n.tolist() == [3, 6, 2]
+
+
+def test_sequence_logps_uses_logits_of_the_previous_position():
+    """A one-hot logit at position t must raise the log-prob of label t + 1, not label t."""
+    vocab = 5
+    logits = torch.zeros(1, 3, vocab)
+    labels = torch.tensor([[1, 2, 3]])
+    logits[0, 0, 2] = 100.0  # predicts labels[1] == 2 with certainty
+    mask = torch.tensor([[0, 1, 0]])
+    logp, _ = sequence_logps(logits, labels, mask)
+    assert logp.item() == pytest.approx(0.0, abs=1e-6)
+
+
+def test_uniform_logits_give_minus_log_vocab_per_token():
+    vocab = 13
+    logits = torch.zeros(2, 6, vocab)
+    labels = torch.randint(0, vocab, (2, 6))
+    mask = torch.tensor([[0, 1, 1, 1, 1, 1], [0, 0, 0, 1, 1, 0]])
+    logp, n = sequence_logps(logits, labels, mask)
+    assert_close(logp, -n.float() * math.log(vocab))
+
+
+def test_sequence_logps_upcasts_bf16_and_keeps_float64():
+    torch.manual_seed(1)
+    logits = torch.randn(2, 5, 9)
+    labels = torch.randint(0, 9, (2, 5))
+    mask = torch.ones(2, 5, dtype=torch.long)
+    low, _ = sequence_logps(logits.bfloat16(), labels, mask)
+    assert low.dtype == torch.float32
+    assert_close(low, _reference_logps(logits.bfloat16().float(), labels, mask).float(), rtol=1e-5, atol=1e-4)
+    high, _ = sequence_logps(logits.double(), labels, mask)
+    assert high.dtype == torch.float64
+    assert_close(high, _reference_logps(logits, labels, mask), rtol=1e-12, atol=1e-12)
+
+
+def test_sequence_logps_gradient_reaches_only_scored_positions():
+    logits = torch.randn(1, 4, 6, requires_grad=True)
+    labels = torch.tensor([[0, 1, 2, 3]])
+    mask = torch.tensor([[0, 0, 1, 0]])  # scores labels[2] from logits[1]
+    sequence_logps(logits, labels, mask)[0].sum().backward()
+    touched = logits.grad.abs().sum(-1)[0]
+    assert touched[1] > 0 and touched[0] == 0 and touched[2] == 0 and touched[3] == 0
+
+
+def test_sigmoid_dpo_loss_by_hand():
+    """h = (-1 - -2) - (-3 - -2) = 2; loss = -log σ(0.5 · 2) = log(1 + e^-1) = 0.3132617;
+    rewards = 0.5 · (policy - ref) = +0.5 and -0.5."""
+    losses, chosen, rejected = dpo_loss(
+        torch.tensor([-1.0]),
+        torch.tensor([-3.0]),
+        torch.tensor([-2.0]),
+        torch.tensor([-2.0]),
+        beta=0.5,
+        loss_type="sigmoid",
+    )
+    assert_close(losses, torch.tensor([math.log1p(math.exp(-1))]))
+    assert_close(chosen, torch.tensor([0.5]))
+    assert_close(rejected, torch.tensor([-0.5]))
+
+
+def test_ipo_loss_by_hand():
+    """With per-token averages giving h = 2: β = 0.5 → (2 - 1)² = 1; β = 0.1 → (2 - 5)² = 9."""
+    args = (torch.tensor([-1.0]), torch.tensor([-3.0]), torch.tensor([-2.0]), torch.tensor([-2.0]))
+    assert_close(dpo_loss(*args, beta=0.5, loss_type="ipo")[0], torch.tensor([1.0]))
+    assert_close(dpo_loss(*args, beta=0.1, loss_type="ipo")[0], torch.tensor([9.0]))
+
+
+@pytest.mark.parametrize("loss_type", sorted(DPO_LOSSES))
+def test_policy_equal_to_reference(loss_type: str):
+    logps = torch.tensor([-12.0, -3.5, -40.0])
+    other = torch.tensor([-10.0, -7.0, -38.0])
+    losses, chosen, rejected = dpo_loss(logps, other, logps, other, beta=0.1, loss_type=loss_type)
+    expected = math.log(2) if loss_type == "sigmoid" else (1 / (2 * 0.1)) ** 2
+    assert_close(losses, torch.full((3,), expected))
+    assert torch.equal(chosen, torch.zeros(3)) and torch.equal(rejected, torch.zeros(3))
+
+
+def test_swapping_chosen_and_rejected_flips_the_margin():
+    pc, pr, rc, rr = torch.tensor([-4.0, -9.0]), torch.tensor([-6.0, -8.0]), torch.tensor([-5.0]), torch.tensor([-7.0])
+    loss, chosen, rejected = dpo_loss(pc, pr, rc, rr, beta=0.2)
+    loss_swapped, chosen_s, rejected_s = dpo_loss(pr, pc, rr, rc, beta=0.2)
+    assert_close(chosen - rejected, -(chosen_s - rejected_s))
+    # -log σ(x) - -log σ(-x) = -x, so the two losses differ by exactly the margin
+    assert_close(loss - loss_swapped, -(chosen - rejected))
+
+
+def test_rewards_are_detached():
+    policy = torch.tensor([-1.0, -2.0], requires_grad=True)
+    losses, chosen, _ = dpo_loss(policy[:1], policy[1:], torch.tensor([-1.0]), torch.tensor([-1.0]), beta=0.1)
+    assert losses.requires_grad and not chosen.requires_grad
+
+
+def test_bradley_terry_by_hand():
+    """-log σ(1 - 0) = log(1 + e^-1); -log σ(0) = log 2; -log σ(-2) = log(1 + e^2)."""
+    losses = bradley_terry_loss(torch.tensor([1.0, 3.0, 0.0]), torch.tensor([0.0, 3.0, 2.0]))
+    assert_close(losses, torch.tensor([math.log1p(math.exp(-1)), math.log(2), math.log1p(math.exp(2))]))
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"beta": 0.1, "loss_type": "kto"}, "unknown loss_type 'kto'; choose one of ['ipo', 'sigmoid']"),
+        ({"beta": 0.0, "loss_type": "sigmoid"}, "beta must be > 0"),
+        ({"beta": -1.0, "loss_type": "ipo"}, "beta must be > 0"),
+    ],
+)
+def test_bad_options_raise_value_error_naming_valid_values(options: dict, message: str):
+    x = torch.zeros(1)
+    with pytest.raises(ValueError, match=message.replace("[", r"\[").replace("]", r"\]")):
+        dpo_loss(x, x, x, x, **options)

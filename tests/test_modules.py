@@ -1,0 +1,107 @@
+"""The modules on the tiny model: reward position, frozen reference, and learning."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pytest
+import torch
+
+from hhalign.data import PairCollator
+from hhalign.modules import DPOModule, RewardModule
+from hhalign.pairs import PairTokenizer
+from hhalign.records import Record
+from tests.conftest import shipped_records
+
+
+def _batch(tokenizer, n: int = 4, padding_side: str = "right") -> dict[str, torch.Tensor]:
+    """``n`` short real pairs whose responses both ended (EOS kept)."""
+    records = [Record(r["chosen"], r["rejected"], None, "t") for r in shipped_records(80)]
+    pairs = PairTokenizer(tokenizer, max_length=128, max_response_length=64)(records)
+    eos = tokenizer.eos_token_id
+    pairs = [p for p in pairs if p.chosen[-1] == eos and p.rejected[-1] == eos][:n]
+    return PairCollator(tokenizer.pad_token_id, padding_side)(pairs)
+
+
+def test_tiny_tokenizer_pads_with_its_eos(tokenizer):
+    assert tokenizer.pad_token_id == tokenizer.eos_token_id
+
+
+def test_reward_is_read_at_the_eos_for_either_padding_side(tiny_dir: Path, tokenizer):
+    module = RewardModule(str(tiny_dir))
+    module.configure_model()
+    module.eval()
+    right = _batch(tokenizer, padding_side="right")
+    left = _batch(tokenizer, padding_side="left")
+    with torch.no_grad():
+        r_right = module.rewards(right["input_ids"], right["attention_mask"])
+        r_left = module.rewards(left["input_ids"], left["attention_mask"])
+        # each row alone, unpadded: the reward of its final token, the EOS
+        alone = []
+        for row, mask in zip(right["input_ids"], right["attention_mask"], strict=True):
+            ids = row[mask.bool()][None]
+            assert ids[0, -1] == tokenizer.eos_token_id
+            alone.append(module.rewards(ids, torch.ones_like(ids)))
+    torch.testing.assert_close(r_right, torch.cat(alone), rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(r_left, r_right, rtol=1e-4, atol=1e-4)
+    # the library's own pooling looks for pad == EOS and lands elsewhere: the reason we do not use it
+    with torch.no_grad():
+        library = module.model(input_ids=right["input_ids"], attention_mask=right["attention_mask"]).logits[:, 0]
+    assert not torch.allclose(library, r_right, atol=1e-4)
+
+
+def test_dpo_reference_is_frozen_and_outside_the_optimizer(tiny_dir: Path):
+    module = DPOModule(str(tiny_dir))
+    module.configure_model()
+    module.train()
+    assert module.policy.training and not module.ref.training
+    assert not any(p.requires_grad for p in module.ref.parameters())
+    assert all(p.requires_grad for p in module.policy.parameters())
+    assert {id(p) for p in module.trainable_module().parameters()}.isdisjoint(id(p) for p in module.ref.parameters())
+    assert all(m.p == 0 for m in module.policy.modules() if isinstance(m, torch.nn.Dropout))
+
+
+def test_dpo_step_zero_is_ln2_with_tied_rewards(tiny_dir: Path, tokenizer):
+    module = DPOModule(str(tiny_dir), beta=0.1)
+    module.configure_model()
+    module.train()
+    out = module.pair_outputs(_batch(tokenizer))
+    torch.testing.assert_close(out.losses, torch.full_like(out.losses, math.log(2)))
+    values = out.metric_values()
+    assert values["reward_accuracy"].sum() == 0 and values["tie_rate"].mean() == 1
+
+
+@pytest.mark.parametrize("loss_type", ["sigmoid", "ipo"])
+def test_dpo_training_moves_policy_only_and_loss_falls(tiny_dir: Path, tokenizer, loss_type: str):
+    torch.manual_seed(0)
+    module = DPOModule(str(tiny_dir), beta=0.1, loss_type=loss_type)
+    module.configure_model()
+    module.train()
+    batch = _batch(tokenizer)
+    policy_before = {k: v.clone() for k, v in module.policy.state_dict().items()}
+    ref_before = {k: v.clone() for k, v in module.ref.state_dict().items()}
+    optimizer = torch.optim.AdamW(module.trainable_module().parameters(), lr=1e-3)
+    losses = []
+    for _ in range(5):
+        loss = module.pair_outputs(batch).losses.mean()
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    assert all(math.isfinite(x) for x in losses) and losses[-1] < losses[0]
+    for key, value in module.policy.state_dict().items():
+        assert not torch.equal(value, policy_before[key]), f"policy tensor {key} did not change"
+    for key, value in module.ref.state_dict().items():
+        assert torch.equal(value, ref_before[key]), f"reference tensor {key} changed"
+    assert not module.ref.training
+
+
+def test_dpo_checkpoint_leaves_the_reference_out(tiny_dir: Path):
+    module = DPOModule(str(tiny_dir))
+    module.configure_model()
+    checkpoint = {"state_dict": module.state_dict()}
+    module.on_save_checkpoint(checkpoint)
+    assert checkpoint["state_dict"] and not any(k.startswith("ref.") for k in checkpoint["state_dict"])
+    module.on_load_checkpoint(checkpoint)
+    module.load_state_dict(checkpoint["state_dict"], strict=True)
