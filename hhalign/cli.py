@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib
 import sys
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any, Literal
 
@@ -35,19 +36,19 @@ class HHAlignCLI(LightningCLI):
         parser.link_arguments("model.init_args.model_name_or_path", "data.tokenizer_name_or_path")
 
     def run_dir(self) -> Path:
-        config = self.config[self.subcommand]
-        return Path(config.output_dir) / config.experiment_name / config.trial_name
+        get = partial(self._get, self.config)
+        return Path(get("output_dir")) / get("experiment_name") / get("trial_name")
 
     def default_loggers(self) -> list[Logger]:
-        config = self.config[self.subcommand]
-        loggers: list[Logger] = [CSVLogger(config.output_dir, name=config.experiment_name, version=config.trial_name)]
-        if config.wandb_mode != "disabled":
+        get = partial(self._get, self.config)
+        loggers: list[Logger] = [CSVLogger(get("output_dir"), name=get("experiment_name"), version=get("trial_name"))]
+        if get("wandb_mode") != "disabled":
             loggers.append(
                 WandbLogger(
-                    project=config.experiment_name,
-                    name=config.trial_name,
+                    project=get("experiment_name"),
+                    name=get("trial_name"),
                     save_dir=str(self.run_dir()),
-                    mode=config.wandb_mode,
+                    mode=get("wandb_mode"),
                 )
             )
         return loggers

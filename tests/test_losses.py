@@ -136,3 +136,11 @@ def test_bad_options_raise_value_error_naming_valid_values(options: dict, messag
     x = torch.zeros(1)
     with pytest.raises(ValueError, match=message.replace("[", r"\[").replace("]", r"\]")):
         dpo_loss(x, x, x, x, **options)
+
+
+def test_loss_type_choices_match_the_loss_table():
+    from typing import get_args
+
+    from hhalign.losses import LossType
+
+    assert sorted(get_args(LossType)) == sorted(DPO_LOSSES)

@@ -1,0 +1,169 @@
+"""The real CLI, in-process: every shipped YAML parses, and a tiny fit runs end to end."""
+
+from __future__ import annotations
+
+import csv
+import math
+from pathlib import Path
+
+import pytest
+
+from hhalign.cli import main
+from tests.conftest import REPO
+
+CONFIGS = sorted((REPO / "configs").rglob("*.yaml"))
+
+
+def test_configs_are_found():
+    assert {p.name for p in CONFIGS} >= {"dpo.yaml", "rm.yaml"} and len(CONFIGS) >= 4
+
+
+@pytest.mark.parametrize("config", CONFIGS, ids=lambda p: str(p.relative_to(REPO)))
+def test_every_config_parses(config: Path, capsys: pytest.CaptureFixture[str]):
+    with pytest.raises(SystemExit) as exited:
+        main(["fit", "--config", str(config), "--print_config"])
+    assert exited.value.code in (None, 0)
+    printed = capsys.readouterr().out
+    assert "class_path: hhalign." in printed and "model_name_or_path:" in printed
+
+
+def test_model_path_is_linked_to_the_tokenizer(tmp_path: Path):
+    from hhalign.cli import HHAlignCLI
+    from hhalign.data import PreferenceDataModule
+    from hhalign.modules import AlignmentModule
+
+    cli = HHAlignCLI(
+        AlignmentModule,
+        PreferenceDataModule,
+        subclass_mode_model=True,
+        run=False,
+        args=[
+            "--config",
+            str(REPO / "configs/tiny/dpo.yaml"),
+            "--model.model_name_or_path",
+            "/m/x",
+            "--output_dir",
+            str(tmp_path),
+        ],
+    )
+    assert cli.datamodule.hparams.tokenizer_name_or_path == "/m/x"
+    assert cli.model.hparams.model_name_or_path == "/m/x"
+
+
+@pytest.mark.parametrize(
+    ("option", "value", "message"),
+    [
+        ("--model.loss_type", "kto", "Expected a typing.Literal['sigmoid', 'ipo']. Got value: kto"),
+        ("--model.beta", "0", "Not of type PositiveFloat"),
+    ],
+)
+def test_bad_model_options_fail_at_parse_time(
+    option: str, value: str, message: str, capsys: pytest.CaptureFixture[str]
+):
+    with pytest.raises(SystemExit) as exited:
+        main(["fit", "--config", str(REPO / "configs/tiny/dpo.yaml"), option, value])
+    assert exited.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+def _fit(tmp_path: Path, tiny_dir: Path, data: Path, config: str, *extra: str) -> Path:
+    main(
+        [
+            "fit",
+            "--config",
+            str(REPO / config),
+            "--model.model_name_or_path",
+            str(tiny_dir),
+            "--data.path",
+            str(data),
+            "--data.max_length",
+            "128",
+            "--data.max_response_length",
+            "64",
+            "--data.valid_fraction",
+            "0.25",
+            "--output_dir",
+            str(tmp_path),
+            "--trial_name",
+            "t",
+            "--trainer.max_steps",
+            "4",
+            "--trainer.val_check_interval",
+            "2",
+            *extra,
+        ]
+    )
+    return tmp_path / "tiny" / "t"
+
+
+def _rows(run_dir: Path) -> list[dict[str, str]]:
+    with open(run_dir / "metrics.csv") as handle:
+        return list(csv.DictReader(handle))
+
+
+@pytest.mark.slow
+def test_dpo_fit_end_to_end(tmp_path: Path, tiny_dir: Path, small_jsonl: Path):
+    run_dir = _fit(tmp_path, tiny_dir, small_jsonl, "configs/tiny/dpo.yaml")
+    rows = _rows(run_dir)
+    train = [r for r in rows if r.get("train/loss")]
+    assert [int(r["step"]) for r in train] == [0, 1, 2, 3]
+    assert abs(float(train[0]["train/loss"]) - math.log(2)) < 0.005
+    assert float(train[0]["train/tie_rate"]) == 1.0 and float(train[0]["train/reward_accuracy"]) == 0.0
+    assert all(r.get("train/pairs_per_sec") and r.get("train/grad_norm") for r in train)
+    val = [r for r in rows if r.get("val/reward_accuracy")]
+    assert len(val) == 2 and all(0 <= float(r["val/reward_accuracy"]) <= 1 for r in val)
+    assert any(r.get("lr-AdamW") for r in rows)
+    assert {"config.yaml", "data_summary.json", "metrics.csv"} <= {p.name for p in run_dir.iterdir()}
+    assert (run_dir / "checkpoints" / "last.ckpt").exists()
+
+
+@pytest.mark.slow
+def test_dpo_checkpoint_holds_no_reference_and_resumes(tmp_path: Path, tiny_dir: Path, small_jsonl: Path):
+    import torch
+
+    run_dir = _fit(tmp_path, tiny_dir, small_jsonl, "configs/tiny/dpo.yaml")
+    checkpoint = torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    keys = checkpoint["state_dict"].keys()
+    assert any(k.startswith("policy.") for k in keys) and not any(k.startswith("ref.") for k in keys)
+    assert checkpoint["global_step"] == 4
+    _fit(
+        tmp_path,
+        tiny_dir,
+        small_jsonl,
+        "configs/tiny/dpo.yaml",
+        "--trainer.max_steps",
+        "6",
+        "--ckpt_path",
+        str(run_dir / "checkpoints" / "last.ckpt"),
+    )
+    train_steps = [int(r["step"]) for r in _rows(run_dir) if r.get("train/loss")]
+    assert train_steps == [4, 5]
+
+
+@pytest.mark.slow
+def test_rm_fit_end_to_end(tmp_path: Path, tiny_dir: Path, small_jsonl: Path):
+    run_dir = _fit(tmp_path, tiny_dir, small_jsonl, "configs/tiny/rm.yaml")
+    rows = _rows(run_dir)
+    losses = [float(r["train/loss"]) for r in rows if r.get("train/loss")]
+    assert len(losses) == 4 and all(math.isfinite(x) for x in losses)
+    assert any(r.get("val/reward_accuracy") for r in rows)
+    assert (run_dir / "checkpoints" / "last.ckpt").exists()
+
+
+def test_missing_model_path_is_a_clear_error(tmp_path: Path, small_jsonl: Path):
+    with pytest.raises(SystemExit) as exited:
+        main(
+            [
+                "fit",
+                "--config",
+                str(REPO / "configs/tiny/dpo.yaml"),
+                "--model.model_name_or_path",
+                str(tmp_path / "no-such-model"),
+                "--data.path",
+                str(small_jsonl),
+                "--output_dir",
+                str(tmp_path),
+            ]
+        )
+    message = str(exited.value.code)
+    assert "no-such-model' does not exist" in message and "make-tiny" in message
