@@ -3,7 +3,6 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 TINY := artifacts/tiny
-DEMO_STEPS ?= 60
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
@@ -26,8 +25,8 @@ $(TINY)/config.json: $(BIN)/hhalign
 	$(BIN)/hhalign make-tiny --out $(TINY) --size tiny
 
 demo: $(TINY)/config.json  ## train a reward model and DPO on the shipped data with the tiny model
-	$(BIN)/hhalign fit --config configs/tiny/rm.yaml --trainer.max_steps $(DEMO_STEPS)
-	$(BIN)/hhalign fit --config configs/tiny/dpo.yaml
+	$(BIN)/hhalign fit --config configs/tiny/rm.yaml --overwrite true
+	$(BIN)/hhalign fit --config configs/tiny/dpo.yaml --overwrite true
 
 test: install  ## run the test suite
 	$(BIN)/python -m pytest

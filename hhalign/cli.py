@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import shutil
 import sys
 from collections.abc import Callable
 from functools import partial
@@ -33,11 +34,27 @@ class HHAlignCLI(LightningCLI):
             default="disabled",
             help="wandb logging beside the CSV log, which is always written.",
         )
+        parser.add_argument(
+            "--overwrite", type=bool, default=False, help="Replace an earlier run in the run directory."
+        )
         parser.link_arguments("model.init_args.model_name_or_path", "data.tokenizer_name_or_path")
 
     def run_dir(self) -> Path:
         get = partial(self._get, self.config)
         return Path(get("output_dir")) / get("experiment_name") / get("trial_name")
+
+    def before_instantiate_classes(self) -> None:
+        """Refuse to write over an earlier run unless asked to resume it or replace it."""
+        run_dir = self.run_dir()
+        earlier = any((run_dir / name).exists() for name in ("metrics.csv", "checkpoints"))
+        if self.subcommand != "fit" or not earlier or self._get(self.config, "ckpt_path") is not None:
+            return
+        if not self._get(self.config, "overwrite"):
+            raise UserError(
+                f"{run_dir} already holds a run. Resume it with --ckpt_path last, choose another --trial_name, "
+                "or pass --overwrite true to delete it and start again"
+            )
+        shutil.rmtree(run_dir)
 
     def default_loggers(self) -> list[Logger]:
         get = partial(self._get, self.config)

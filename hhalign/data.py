@@ -16,7 +16,7 @@ from torch.utils.data import DataLoader
 from hhalign.errors import ConfigError, DataError
 from hhalign.loading import load_tokenizer
 from hhalign.pairs import PairTokenizer, TokenizedPair
-from hhalign.records import OnBadRecord, Record, is_local_source, read_hub, read_local
+from hhalign.records import OnBadRecord, Record, is_jsonl_source, read_hub, read_local
 
 log = logging.getLogger(__name__)
 
@@ -118,7 +118,7 @@ class PreferenceDataModule(L.LightningDataModule):
 
     def _read(self, counts: Counter[str]) -> tuple[list[Record], list[Record]]:
         hp = self.hparams
-        if is_local_source(hp.path):
+        if is_jsonl_source(hp.path):
             return split_records(read_local(hp.path, hp.on_bad_record, counts), hp.valid_fraction, hp.split_seed)
         train = read_hub(hp.path, hp.train_split, hp.data_dir, hp.on_bad_record, counts)
         if hp.val_split is None:

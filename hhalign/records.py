@@ -31,9 +31,13 @@ class Record:
     origin: str
 
 
-def is_local_source(path: str) -> bool:
-    """True for an existing path, or one that plainly names a local file or folder."""
-    return Path(path).exists() or path.endswith(LOCAL_SUFFIXES) or path.startswith((".", "/", "~"))
+def is_jsonl_source(path: str) -> bool:
+    """True for a JSONL file or a folder holding JSONL files, which this module reads itself; anything
+    else (a hub name, a dataset folder of parquet or arrow files) goes to ``datasets.load_dataset``."""
+    local = Path(path).expanduser()
+    if local.is_dir():
+        return any(p.name.endswith(LOCAL_SUFFIXES) for p in local.iterdir())
+    return local.exists() or path.endswith(LOCAL_SUFFIXES)
 
 
 def local_files(path: str) -> list[Path]:
@@ -108,6 +112,11 @@ def read_hub(
     """Read one split through ``datasets.load_dataset`` (a hub name or a dataset folder)."""
     import datasets
 
+    if path.startswith((".", "/", "~")) and not Path(path).expanduser().exists():
+        raise DataError(
+            f"data path {path!r} does not exist; set data.path to a .jsonl/.jsonl.gz file, a folder, "
+            "or a Hugging Face dataset name"
+        )
     try:
         dataset = datasets.load_dataset(path, data_dir=data_dir, split=split)
     except Exception as err:  # datasets raises many types for a wrong name, split or missing network

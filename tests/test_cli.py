@@ -167,3 +167,28 @@ def test_missing_model_path_is_a_clear_error(tmp_path: Path, small_jsonl: Path):
         )
     message = str(exited.value.code)
     assert "no-such-model' does not exist" in message and "make-tiny" in message
+
+
+def test_an_earlier_run_is_not_overwritten(tmp_path: Path, small_jsonl: Path):
+    run_dir = tmp_path / "tiny" / "dpo"
+    (run_dir / "checkpoints").mkdir(parents=True)
+    (run_dir / "metrics.csv").write_text("step,train/loss\n0,0.69\n")
+    args = [
+        "fit",
+        "--config",
+        str(REPO / "configs/tiny/dpo.yaml"),
+        "--data.path",
+        str(small_jsonl),
+        "--output_dir",
+        str(tmp_path),
+        "--model.model_name_or_path",
+        str(tmp_path / "absent"),
+    ]
+    with pytest.raises(SystemExit) as exited:
+        main(args)
+    assert "already holds a run" in str(exited.value.code) and "--ckpt_path last" in str(exited.value.code)
+    assert (run_dir / "metrics.csv").read_text() == "step,train/loss\n0,0.69\n"
+    with pytest.raises(SystemExit) as exited:  # replacing it is explicit, and the next error is the model path
+        main([*args, "--overwrite", "true"])
+    assert "does not exist" in str(exited.value.code)
+    assert not (run_dir / "metrics.csv").exists() and not (run_dir / "checkpoints").exists()

@@ -119,3 +119,34 @@ def test_summary_is_saved_to_the_run_directory(tmp_path: Path, tiny_dir: Path, s
     assert saved == data.summary and saved["read"] == 48
     batch = next(iter(data.train_dataloader()))
     assert batch["input_ids"].shape[0] == 2 * 8
+
+
+def test_hub_layout_loads_through_datasets(tmp_path: Path, tiny_dir: Path):
+    """A local copy of the hub's Anthropic/hh-rlhf layout (data_dir/train.jsonl.gz, test.jsonl.gz) goes
+    through datasets.load_dataset with named splits, as `Anthropic/hh-rlhf` does online."""
+    import gzip
+
+    from tests.conftest import shipped_records
+
+    subset = tmp_path / "hh-rlhf" / "helpful-base"
+    subset.mkdir(parents=True)
+    records = shipped_records(60)
+    for name, part in (("train", records[:40]), ("test", records[40:])):
+        with gzip.open(subset / f"{name}.jsonl.gz", "wt", encoding="utf-8") as handle:
+            handle.writelines(json.dumps(r) + "\n" for r in part)
+    data = _module(
+        tmp_path / "hh-rlhf", tiny_dir, data_dir="helpful-base", train_split="train", val_split="test", max_length=256
+    )
+    data.setup("fit")
+    assert data.summary["read"] == 60
+    assert len(data.train_pairs) + len(data.val_pairs) + sum(data.summary["dropped"].values()) == 60
+    assert 35 <= len(data.train_pairs) <= 40 and 15 <= len(data.val_pairs) <= 20
+
+
+def test_missing_local_dataset_folder_is_a_clear_error(tmp_path: Path, tiny_dir: Path):
+    import pytest
+
+    from hhalign.errors import DataError
+
+    with pytest.raises(DataError, match="does not exist"):
+        _module(tmp_path / "nowhere", tiny_dir).setup("fit")
