@@ -192,3 +192,16 @@ def test_an_earlier_run_is_not_overwritten(tmp_path: Path, small_jsonl: Path):
         main([*args, "--overwrite", "true"])
     assert "does not exist" in str(exited.value.code)
     assert not (run_dir / "metrics.csv").exists() and not (run_dir / "checkpoints").exists()
+
+
+@pytest.mark.slow
+def test_wandb_offline_beside_the_csv_log(
+    tmp_path: Path, tiny_dir: Path, small_jsonl: Path, monkeypatch: pytest.MonkeyPatch
+):
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    run_dir = _fit(
+        tmp_path, tiny_dir, small_jsonl, "configs/tiny/dpo.yaml", "--wandb_mode", "offline", "--trainer.max_steps", "2"
+    )
+    offline_runs = list((run_dir / "wandb").glob("offline-run-*"))
+    assert len(offline_runs) == 1 and any(offline_runs[0].rglob("*.wandb"))
+    assert [int(r["step"]) for r in _rows(run_dir) if r.get("train/loss")] == [0, 1]
