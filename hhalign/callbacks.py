@@ -10,7 +10,8 @@ from lightning.pytorch.callbacks import Callback
 
 
 class Throughput(Callback):
-    """Log pairs and real (non-pad) tokens per second of each training step, wall clock.
+    """Log pairs and real (non-pad) tokens per second of each training step, wall clock, and the
+    pairs seen so far (``train/pairs_seen``, kept in checkpoints so it survives resumes).
 
     Logged in the step's own row (``train/pairs_per_sec``, ``train/tokens_per_sec``), so curves
     line up with the loss; the time covers forward, backward and the optimizer step.
@@ -18,6 +19,13 @@ class Throughput(Callback):
 
     def __init__(self) -> None:
         self._start = 0.0
+        self.pairs_seen = 0
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"pairs_seen": self.pairs_seen}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.pairs_seen = state_dict["pairs_seen"]
 
     def on_train_batch_start(
         self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int
@@ -29,6 +37,8 @@ class Throughput(Callback):
     ) -> None:
         seconds = max(time.perf_counter() - self._start, 1e-9)
         pairs = batch["input_ids"].shape[0] // 2
+        self.pairs_seen += pairs
+        pl_module.log("train/pairs_seen", float(self.pairs_seen), on_step=True, on_epoch=False, batch_size=pairs)
         pl_module.log(
             "train/pairs_per_sec", pairs / seconds, on_step=True, on_epoch=False, prog_bar=True, batch_size=pairs
         )

@@ -5,18 +5,21 @@ from __future__ import annotations
 import importlib
 import shutil
 import sys
+import uuid
 from collections.abc import Callable
 from functools import partial
 from pathlib import Path
 from typing import Any, Literal
 
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
-from lightning.pytorch.loggers import CSVLogger, Logger, WandbLogger
+from lightning.pytorch.loggers import Logger, WandbLogger
 
 from hhalign.data import PreferenceDataModule
 from hhalign.errors import UserError
+from hhalign.loggers import ResumableCSVLogger, ResumeLogs
 from hhalign.modules import AlignmentModule
 
+WANDB_ID_FILE = "wandb_run_id.txt"
 TOOLS = {"make-tiny": "hhalign.tiny:main"}
 """Subcommands that are not a Trainer method, mapped to ``module:function(argv)``."""
 
@@ -57,13 +60,22 @@ class HHAlignCLI(LightningCLI):
         shutil.rmtree(run_dir)
 
     def default_loggers(self) -> list[Logger]:
+        """The CSV log, always; wandb when switched on, continuing the same wandb run on resume."""
         get = partial(self._get, self.config)
-        loggers: list[Logger] = [CSVLogger(get("output_dir"), name=get("experiment_name"), version=get("trial_name"))]
+        loggers: list[Logger] = [
+            ResumableCSVLogger(get("output_dir"), name=get("experiment_name"), version=get("trial_name"))
+        ]
         if get("wandb_mode") != "disabled":
+            id_file = self.run_dir() / WANDB_ID_FILE
+            run_id = id_file.read_text().strip() if id_file.exists() else f"{get('trial_name')}-{uuid.uuid4().hex[:8]}"
+            id_file.parent.mkdir(parents=True, exist_ok=True)
+            id_file.write_text(run_id + "\n")
             loggers.append(
                 WandbLogger(
                     project=get("experiment_name"),
                     name=get("trial_name"),
+                    id=run_id,
+                    resume="allow",
                     save_dir=str(self.run_dir()),
                     mode=get("wandb_mode"),
                 )
@@ -74,6 +86,7 @@ class HHAlignCLI(LightningCLI):
         trainer_config = self._get(self.config_init, "trainer", default={})
         if trainer_config.get("logger") in (None, True):
             kwargs["logger"] = self.default_loggers()
+        kwargs["callbacks"] = [*(trainer_config.get("callbacks") or []), ResumeLogs()]
         if trainer_config.get("default_root_dir") is None:
             kwargs["default_root_dir"] = str(self.run_dir())
         return super().instantiate_trainer(**kwargs)

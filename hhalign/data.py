@@ -12,6 +12,7 @@ from typing import Any, Literal
 import lightning as L
 import torch
 from torch.utils.data import DataLoader
+from torchdata.stateful_dataloader import StatefulDataLoader
 
 from hhalign.errors import ConfigError, DataError
 from hhalign.loading import load_tokenizer
@@ -162,8 +163,10 @@ class PreferenceDataModule(L.LightningDataModule):
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / SUMMARY_FILE).write_text(json.dumps(self.summary, indent=2) + "\n")
 
-    def train_dataloader(self) -> DataLoader:
-        return DataLoader(
+    def train_dataloader(self) -> StatefulDataLoader:
+        # Stateful: Lightning saves the sampler's position in checkpoints, so a resume mid-epoch
+        # continues with the next unseen batch instead of restarting the epoch.
+        return StatefulDataLoader(
             self.train_pairs,
             batch_size=self.hparams.batch_size,
             shuffle=True,  # type: ignore[arg-type]

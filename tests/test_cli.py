@@ -137,7 +137,7 @@ def test_dpo_checkpoint_holds_no_reference_and_resumes(tmp_path: Path, tiny_dir:
         str(run_dir / "checkpoints" / "last.ckpt"),
     )
     train_steps = [int(r["step"]) for r in _rows(run_dir) if r.get("train/loss")]
-    assert train_steps == [4, 5]
+    assert train_steps == [0, 1, 2, 3, 4, 5]
 
 
 @pytest.mark.slow
@@ -205,3 +205,17 @@ def test_wandb_offline_beside_the_csv_log(
     offline_runs = list((run_dir / "wandb").glob("offline-run-*"))
     assert len(offline_runs) == 1 and any(offline_runs[0].rglob("*.wandb"))
     assert [int(r["step"]) for r in _rows(run_dir) if r.get("train/loss")] == [0, 1]
+
+
+@pytest.mark.slow
+def test_resume_from_an_earlier_checkpoint_logs_each_step_once(tmp_path: Path, tiny_dir: Path, small_jsonl: Path):
+    import shutil
+
+    run_dir = _fit(tmp_path, tiny_dir, small_jsonl, "configs/tiny/dpo.yaml", "--trainer.max_steps", "2")
+    early = tmp_path / "step2.ckpt"
+    shutil.copy(run_dir / "checkpoints" / "last.ckpt", early)
+    _fit(tmp_path, tiny_dir, small_jsonl, "configs/tiny/dpo.yaml", "--ckpt_path", str(early))  # on to step 4
+    _fit(tmp_path, tiny_dir, small_jsonl, "configs/tiny/dpo.yaml", "--ckpt_path", str(early))  # steps 2, 3 again
+    rows = _rows(run_dir)
+    assert [int(r["step"]) for r in rows if r.get("train/loss")] == [0, 1, 2, 3]
+    assert sum(1 for r in rows if r.get("val/reward_accuracy")) == 2

@@ -1,0 +1,21 @@
+"""Fault injection for the robustness tests: deterministic, from inside the run, never on a timer."""
+
+from __future__ import annotations
+
+import os
+import signal
+from typing import Any
+
+from lightning.pytorch.callbacks import Callback
+
+
+class KillAtStep(Callback):
+    """Send this process ``signal_name`` once ``global_step`` reaches ``step`` (after that step's update)."""
+
+    def __init__(self, step: int, signal_name: str = "SIGKILL") -> None:
+        self.step = step
+        self.signal = getattr(signal, signal_name)
+
+    def on_train_batch_end(self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int) -> None:
+        if trainer.global_step == self.step:
+            os.kill(os.getpid(), self.signal)
