@@ -14,6 +14,7 @@ from typing import Any, Literal
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.loggers import Logger, WandbLogger
 
+from hhalign.checkpointing import AtomicCheckpointIO
 from hhalign.data import PreferenceDataModule
 from hhalign.errors import UserError
 from hhalign.loggers import ResumableCSVLogger, ResumeLogs
@@ -45,6 +46,11 @@ class HHAlignCLI(LightningCLI):
     def run_dir(self) -> Path:
         get = partial(self._get, self.config)
         return Path(get("output_dir")) / get("experiment_name") / get("trial_name")
+
+    def _parse_ckpt_path(self) -> None:
+        """Keep the config the user gave. Lightning would load the whole checkpoint here to replace the
+        model's options with the saved ones, silently ignoring flags such as a changed reference; the
+        checkpoint's fingerprints refuse a resume whose data or reference differ instead."""
 
     def before_instantiate_classes(self) -> None:
         """Refuse to write over an earlier run unless asked to resume it or replace it."""
@@ -87,6 +93,8 @@ class HHAlignCLI(LightningCLI):
         if trainer_config.get("logger") in (None, True):
             kwargs["logger"] = self.default_loggers()
         kwargs["callbacks"] = [*(trainer_config.get("callbacks") or []), ResumeLogs()]
+        if not trainer_config.get("plugins"):
+            kwargs["plugins"] = [AtomicCheckpointIO()]
         if trainer_config.get("default_root_dir") is None:
             kwargs["default_root_dir"] = str(self.run_dir())
         return super().instantiate_trainer(**kwargs)

@@ -14,6 +14,7 @@ import torch
 from torch.utils.data import DataLoader
 from torchdata.stateful_dataloader import StatefulDataLoader
 
+from hhalign.checkpointing import sequences_fingerprint
 from hhalign.errors import ConfigError, DataError
 from hhalign.loading import load_tokenizer
 from hhalign.pairs import PairTokenizer, TokenizedPair
@@ -116,6 +117,7 @@ class PreferenceDataModule(L.LightningDataModule):
         self.val_pairs: list[TokenizedPair] = []
         self.summary: dict[str, Any] = {}
         self.collator: PairCollator | None = None
+        self.fingerprint = ""
 
     def _read(self, counts: Counter[str]) -> tuple[list[Record], list[Record]]:
         hp = self.hparams
@@ -144,6 +146,7 @@ class PreferenceDataModule(L.LightningDataModule):
             )
         self.summary = self._summarize(len(train_records) + len(val_records) + counts["bad_record"], counts)
         self.collator = PairCollator(tokenizer.pad_token_id, hp.padding_side)
+        self.fingerprint = sequences_fingerprint((p.prompt, p.chosen, p.rejected) for p in self.train_pairs)
         log.info("data: %s", json.dumps(self.summary))
         self._save_summary()
 

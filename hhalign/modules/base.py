@@ -12,7 +12,10 @@ from torch import Tensor, nn
 from torchmetrics import MeanMetric
 from transformers import get_scheduler
 
+from hhalign.checkpointing import check_fingerprints
+
 STAGES = ("train", "val", "test")
+FINGERPRINT_KEY = "hhalign_fingerprints"
 PAIR_METRICS = ("loss", "reward_accuracy", "tie_rate", "reward_margin", "chosen_reward", "rejected_reward")
 ModelDtype = Literal["float32", "bfloat16", "float16", "auto"]
 
@@ -171,6 +174,20 @@ class AlignmentModule(L.LightningModule):
         grads = [p.grad for p in self.trainable_module().parameters() if p.grad is not None]
         if grads:
             self.log("train/grad_norm", torch.nn.utils.get_total_norm(grads), on_step=True, on_epoch=False)
+
+    def fingerprints(self) -> dict[str, str]:
+        """What a checkpoint must agree with to be resumed: the module type and the training data."""
+        prints = {"module": type(self).__name__}
+        datamodule = getattr(self._trainer, "datamodule", None) if self._trainer is not None else None
+        if getattr(datamodule, "fingerprint", None):
+            prints["data"] = datamodule.fingerprint
+        return prints
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint[FINGERPRINT_KEY] = self.fingerprints()
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        check_fingerprints(checkpoint.get(FINGERPRINT_KEY, {}), self.fingerprints())
 
     def configure_optimizers(self) -> Any:
         params = [p for p in self.trainable_module().parameters() if p.requires_grad]

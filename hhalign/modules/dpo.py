@@ -8,6 +8,7 @@ import torch
 from jsonargparse.typing import PositiveFloat
 from torch import Tensor, nn
 
+from hhalign.checkpointing import weights_fingerprint
 from hhalign.loading import load_model
 from hhalign.losses import (
     LENGTH_NORMALIZED_LOSSES,
@@ -48,6 +49,7 @@ class DPOModule(AlignmentModule):
         super().__init__(model_name_or_path, **kwargs)
         self.policy: nn.Module | None = None
         self.ref: nn.Module | None = None
+        self._ref_fingerprint: str | None = None  # the reference never changes: hash it once
 
     def configure_model(self) -> None:
         if self.policy is not None:
@@ -101,12 +103,22 @@ class DPOModule(AlignmentModule):
             {"logps_chosen": chosen_logps, "logps_rejected": rejected_logps},
         )
 
+    def fingerprints(self) -> dict[str, str]:
+        prints = super().fingerprints()
+        if self.ref is not None:
+            if self._ref_fingerprint is None:
+                self._ref_fingerprint = weights_fingerprint(self.ref)
+            prints["reference"] = self._ref_fingerprint
+        return prints
+
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        super().on_save_checkpoint(checkpoint)
         state = checkpoint["state_dict"]
         for key in [k for k in state if k.startswith(REF_PREFIX)]:
             del state[key]
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        super().on_load_checkpoint(checkpoint)
         # The reference was reloaded from its path by configure_model; give strict loading its keys back.
         if self.ref is not None:
             checkpoint["state_dict"].update(self.ref.state_dict(prefix=REF_PREFIX))

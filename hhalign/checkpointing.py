@@ -1,0 +1,108 @@
+"""Checkpoints that a crash cannot truncate, that load without running pickled code, and that know
+what they were trained on."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from array import array
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import torch
+from lightning.fabric.utilities.cloud_io import _load as pl_load
+from lightning.pytorch.plugins.io import TorchCheckpointIO
+from torch import nn
+
+from hhalign.errors import UserError
+
+
+class CheckpointError(UserError):
+    """A checkpoint cannot be used for this run."""
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Write each checkpoint to a temporary file beside its target, then rename it into place.
+
+    A kill during a save leaves the previous checkpoint whole: the rename is atomic on a local
+    filesystem because the temporary file is in the same directory (Lightning's own transaction
+    stages it in the system temp dir, which may be another filesystem, and buffers it in memory).
+    """
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Any | None = None) -> None:
+        target = Path(path)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        partial = target.with_name(f".{target.name}.partial-{os.getpid()}")
+        try:
+            with open(partial, "wb") as handle:
+                torch.save(checkpoint, handle)
+                handle.flush()
+                os.fsync(handle.fileno())
+            os.replace(partial, target)
+        finally:
+            partial.unlink(missing_ok=True)
+
+    def load_checkpoint(self, path: Any, map_location: Any = None, weights_only: bool | None = None) -> dict[str, Any]:
+        """Load with ``weights_only=True`` unless the user passed ``--weights_only false``."""
+        if not Path(path).is_file():
+            raise CheckpointError(
+                f"checkpoint {path} does not exist; give a .ckpt file written by hhalign, or "
+                "--ckpt_path last to resume the run directory's latest checkpoint"
+            )
+        safe = True if weights_only is None else weights_only
+        try:
+            checkpoint = pl_load(path, map_location=map_location or "cpu", weights_only=safe)
+        except Exception as err:  # torch raises pickle, zip, EOF and runtime errors for a bad file
+            hint = " If you trust its source and it holds custom objects, pass --weights_only false." if safe else ""
+            first_line = (str(err).splitlines() or [""])[0][:200]
+            raise CheckpointError(
+                f"checkpoint {path} could not be read ({type(err).__name__}: {first_line}). "
+                f"It may be truncated or not a Lightning checkpoint.{hint}"
+            ) from None
+        if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint or "global_step" not in checkpoint:
+            raise CheckpointError(
+                f"{path} is not a Lightning checkpoint written by hhalign (no state_dict/global_step)"
+            )
+        return checkpoint
+
+
+def weights_fingerprint(module: nn.Module) -> str:
+    """A cheap digest of a model's weights: names, shapes, each tensor's sum and its first values.
+
+    Hashing every byte of a 7B model on each resume would take minutes; this still tells apart any
+    two different checkpoints in practice.
+    """
+    digest = hashlib.sha256()
+    for name, tensor in module.state_dict().items():
+        flat = tensor.detach().reshape(-1)
+        digest.update(f"{name}{tuple(tensor.shape)}{flat.double().sum().item():.10e}".encode())
+        digest.update(flat[:256].float().cpu().numpy().tobytes())
+    return digest.hexdigest()[:16]
+
+
+def sequences_fingerprint(rows: Iterable[Iterable[list[int]]]) -> str:
+    """Digest of tokenized data: any change of records, split, tokenizer or lengths changes it."""
+    digest = hashlib.sha256()
+    for row in rows:
+        for ids in row:
+            packed = array("q", ids)
+            digest.update(len(packed).to_bytes(8, "little") + packed.tobytes())
+        digest.update(b"|")
+    return digest.hexdigest()[:16]
+
+
+def check_fingerprints(saved: dict[str, str], current: dict[str, str], path_hint: str = "") -> None:
+    """Refuse a resume whose data or reference differ from those the checkpoint was trained with."""
+    what = {
+        "module": "the training module",
+        "data": "the training data (records, split, tokenizer or lengths)",
+        "reference": "the reference model's weights",
+    }
+    for key, value in current.items():
+        if key in saved and saved[key] != value:
+            raise CheckpointError(
+                f"cannot resume{path_hint}: {what.get(key, key)} differ from the checkpoint's "
+                f"({saved[key]} there, {value} now). Resume with the same settings, or start a new run "
+                "(another --trial_name) from its weights"
+            )

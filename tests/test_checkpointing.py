@@ -1,0 +1,165 @@
+"""Checkpoints: atomic writes, safe and clear loading, and fingerprints that refuse a mismatched resume."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+from hhalign.checkpointing import AtomicCheckpointIO, CheckpointError, sequences_fingerprint, weights_fingerprint
+from hhalign.cli import main
+from tests.conftest import REPO, shipped_records, write_jsonl
+
+
+class ExplodesWhenPickled:
+    """Stands for a crash in the middle of writing a checkpoint."""
+
+    def __reduce__(self):
+        raise RuntimeError("disk died mid-write")
+
+
+def test_interrupted_write_keeps_the_previous_checkpoint(tmp_path: Path):
+    io = AtomicCheckpointIO()
+    path = tmp_path / "last.ckpt"
+    io.save_checkpoint({"state_dict": {"w": torch.ones(3)}, "global_step": 4}, path)
+    big = {"state_dict": {"w": torch.zeros(1000)}, "global_step": 6, "boom": ExplodesWhenPickled()}
+    with pytest.raises(RuntimeError, match="disk died"):
+        io.save_checkpoint(big, path)
+    loaded = io.load_checkpoint(path)
+    assert loaded["global_step"] == 4 and torch.equal(loaded["state_dict"]["w"], torch.ones(3))
+    assert [p.name for p in tmp_path.iterdir()] == ["last.ckpt"]  # no partial file left behind
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        (b"", "could not be read"),
+        (b"PK\x03\x04 truncated zip", "could not be read"),
+    ],
+)
+def test_corrupt_checkpoint_is_a_clear_error(tmp_path: Path, content: bytes, message: str):
+    path = tmp_path / "bad.ckpt"
+    path.write_bytes(content)
+    with pytest.raises(CheckpointError, match=message):
+        AtomicCheckpointIO().load_checkpoint(path)
+
+
+def test_truncated_real_checkpoint_and_foreign_file(tmp_path: Path):
+    io = AtomicCheckpointIO()
+    good = tmp_path / "good.ckpt"
+    io.save_checkpoint({"state_dict": {"w": torch.randn(1000)}, "global_step": 1}, good)
+    cut = tmp_path / "cut.ckpt"
+    cut.write_bytes(good.read_bytes()[:-200])
+    with pytest.raises(CheckpointError, match="truncated"):
+        io.load_checkpoint(cut)
+    foreign = tmp_path / "foreign.ckpt"
+    torch.save({"weights": torch.ones(2)}, foreign)
+    with pytest.raises(CheckpointError, match="not a Lightning checkpoint"):
+        io.load_checkpoint(foreign)
+    with pytest.raises(CheckpointError, match="does not exist"):
+        io.load_checkpoint(tmp_path / "absent.ckpt")
+
+
+def test_pickled_code_is_not_run_by_default(tmp_path: Path):
+    path = tmp_path / "evil.ckpt"
+    torch.save({"state_dict": {}, "global_step": 0, "payload": Path("x")}, path)  # any non-tensor object
+    with pytest.raises(CheckpointError, match="--weights_only false"):
+        AtomicCheckpointIO().load_checkpoint(path)
+    assert AtomicCheckpointIO().load_checkpoint(path, weights_only=False)["payload"] == Path("x")
+
+
+def test_fingerprints_tell_data_and_weights_apart():
+    assert sequences_fingerprint([([1, 2], [3])]) != sequences_fingerprint([([1], [2, 3])])
+    a, b = torch.nn.Linear(3, 2), torch.nn.Linear(3, 2)
+    assert weights_fingerprint(a) == weights_fingerprint(a) != weights_fingerprint(b)
+
+
+def _fit(tmp_path: Path, tiny_dir: Path, data: Path, *extra: str) -> None:
+    main(
+        [
+            "fit",
+            "--config",
+            str(REPO / "configs/tiny/dpo.yaml"),
+            "--model.model_name_or_path",
+            str(tiny_dir),
+            "--data.path",
+            str(data),
+            "--data.max_length",
+            "128",
+            "--data.max_response_length",
+            "64",
+            "--data.valid_fraction",
+            "0.25",
+            "--output_dir",
+            str(tmp_path),
+            "--trial_name",
+            "t",
+            "--trainer.max_steps",
+            "2",
+            "--trainer.val_check_interval",
+            "2",
+            *extra,
+        ]
+    )
+
+
+@pytest.mark.slow
+def test_resume_refuses_other_data_or_reference_or_module(tmp_path: Path, tiny_dir: Path, small_jsonl: Path):
+    _fit(tmp_path, tiny_dir, small_jsonl)
+    last = tmp_path / "tiny" / "t" / "checkpoints" / "last.ckpt"
+    other_data = write_jsonl(tmp_path / "other.jsonl", shipped_records(60)[12:])
+    with pytest.raises(SystemExit) as exited:
+        _fit(tmp_path, tiny_dir, other_data, "--trainer.max_steps", "4", "--ckpt_path", str(last))
+    assert "the training data" in str(exited.value.code) and "differ from the checkpoint" in str(exited.value.code)
+
+    other_ref = tmp_path / "other-ref"
+    shutil.copytree(tiny_dir, other_ref)
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(other_ref)
+    with torch.no_grad():
+        model.lm_head.weight.mul_(1.01)
+    model.save_pretrained(other_ref)
+    with pytest.raises(SystemExit) as exited:
+        _fit(
+            tmp_path,
+            tiny_dir,
+            small_jsonl,
+            "--trainer.max_steps",
+            "4",
+            "--ckpt_path",
+            str(last),
+            "--model.ref_model_name_or_path",
+            str(other_ref),
+        )
+    assert "reference model's weights differ" in str(exited.value.code)
+
+    with pytest.raises(SystemExit) as exited:
+        main(
+            [
+                "fit",
+                "--config",
+                str(REPO / "configs/tiny/rm.yaml"),
+                "--model.model_name_or_path",
+                str(tiny_dir),
+                "--data.path",
+                str(small_jsonl),
+                "--data.max_length",
+                "128",
+                "--data.max_response_length",
+                "64",
+                "--data.valid_fraction",
+                "0.25",
+                "--output_dir",
+                str(tmp_path),
+                "--trial_name",
+                "t",
+                "--trainer.max_steps",
+                "4",
+                "--ckpt_path",
+                str(last),
+            ]
+        )
+    assert "the training module differ" in str(exited.value.code)
