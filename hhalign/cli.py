@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib
 import shutil
+import signal
 import sys
 import uuid
 from collections.abc import Callable
@@ -13,12 +14,14 @@ from typing import Any, Literal
 
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.loggers import Logger, WandbLogger
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from hhalign.checkpointing import AtomicCheckpointIO
 from hhalign.data import PreferenceDataModule
 from hhalign.errors import UserError
 from hhalign.loggers import ResumableCSVLogger, ResumeLogs
 from hhalign.modules import AlignmentModule
+from hhalign.preemption import Preempted, Preemption
 
 WANDB_ID_FILE = "wandb_run_id.txt"
 TOOLS = {"make-tiny": "hhalign.tiny:main"}
@@ -92,7 +95,7 @@ class HHAlignCLI(LightningCLI):
         trainer_config = self._get(self.config_init, "trainer", default={})
         if trainer_config.get("logger") in (None, True):
             kwargs["logger"] = self.default_loggers()
-        kwargs["callbacks"] = [*(trainer_config.get("callbacks") or []), ResumeLogs()]
+        kwargs["callbacks"] = [*(trainer_config.get("callbacks") or []), ResumeLogs(), Preemption()]
         if not trainer_config.get("plugins"):
             kwargs["plugins"] = [AtomicCheckpointIO()]
         if trainer_config.get("default_root_dir") is None:
@@ -120,6 +123,10 @@ def main(args: list[str] | None = None) -> None:
             save_config_kwargs={"overwrite": True},
             auto_configure_optimizers=False,
         )
+    except Preempted as stop:  # the Preemption callback has said how to resume
+        sys.exit(stop.exit_code)
+    except SIGTERMException:
+        sys.exit(128 + signal.SIGTERM)
     except UserError as err:
         sys.exit(f"hhalign: error: {err}")
 

@@ -61,26 +61,63 @@ def _train_rows(run_dir: Path) -> dict[int, dict[str, str]]:
     return {int(r["step"]): r for r in rows}
 
 
-@pytest.mark.slow
-def test_sigkill_mid_epoch_then_resume_matches_an_uninterrupted_run(tmp_path: Path, tiny_dir: Path, small_jsonl: Path):
-    whole = _run(tmp_path, tiny_dir, small_jsonl, "whole")
-    assert whole.returncode == 0, whole.stderr[-3000:]
-    # 36 training pairs in batches of 8: 5 batches an epoch, so step 3 is mid-epoch; the last checkpoint is step 2
-    killed = _run(
-        tmp_path,
-        tiny_dir,
-        small_jsonl,
-        "killed",
-        "--trainer.callbacks+=tests.faults.KillAtStep",
-        "--trainer.callbacks.step",
-        "3",
-    )
-    assert killed.returncode == -signal.SIGKILL
-    resumed = _run(tmp_path, tiny_dir, small_jsonl, "killed", "--ckpt_path", "last")
-    assert resumed.returncode == 0, resumed.stderr[-3000:]
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory: pytest.TempPathFactory, tiny_dir: Path) -> tuple[Path, Path]:
+    """One run of 8 steps never stopped: the reference the interrupted runs must reproduce."""
+    from tests.conftest import shipped_records, write_jsonl
 
-    expected, got = _train_rows(tmp_path / "tiny" / "whole"), _train_rows(tmp_path / "tiny" / "killed")
+    root = tmp_path_factory.mktemp("resume")
+    data = write_jsonl(root / "pairs.jsonl", shipped_records(48))
+    whole = _run(root, tiny_dir, data, "whole")
+    assert whole.returncode == 0, whole.stderr[-3000:]
+    return root, data
+
+
+def _assert_same_steps(run_dir: Path, reference_dir: Path) -> None:
+    expected, got = _train_rows(reference_dir), _train_rows(run_dir)
     assert sorted(got) == sorted(expected) == list(range(8))
     for step in range(8):
         assert float(got[step]["train/loss"]) == pytest.approx(float(expected[step]["train/loss"]), abs=1e-6), step
     assert got[7]["train/pairs_seen"] == expected[7]["train/pairs_seen"]
+
+
+@pytest.mark.slow
+def test_sigkill_mid_epoch_then_resume_matches_an_uninterrupted_run(uninterrupted: tuple[Path, Path], tiny_dir: Path):
+    root, data = uninterrupted
+    # 36 training pairs in batches of 8: 5 batches an epoch, so step 3 is mid-epoch; the last checkpoint is step 2
+    killed = _run(
+        root, tiny_dir, data, "killed", "--trainer.callbacks+=tests.faults.KillAtStep", "--trainer.callbacks.step", "3"
+    )
+    assert killed.returncode == -signal.SIGKILL
+    resumed = _run(root, tiny_dir, data, "killed", "--ckpt_path", "last")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    _assert_same_steps(root / "tiny" / "killed", root / "tiny" / "whole")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("signal_name", ["SIGTERM", "SIGINT"])
+def test_signal_writes_a_checkpoint_at_the_current_step(
+    uninterrupted: tuple[Path, Path], tiny_dir: Path, signal_name: str
+):
+    import torch
+
+    root, data = uninterrupted
+    stopped = _run(
+        root,
+        tiny_dir,
+        data,
+        signal_name.lower(),
+        "--trainer.callbacks+=tests.faults.KillAtStep",
+        "--trainer.callbacks.step",
+        "3",
+        "--trainer.callbacks.signal_name",
+        signal_name,
+    )
+    assert stopped.returncode == 128 + getattr(signal, signal_name), stopped.stderr[-3000:]
+    assert f"stopped by {signal_name} after step 3" in stopped.stderr and "--ckpt_path last" in stopped.stderr
+    assert "Traceback" not in stopped.stderr
+    last = root / "tiny" / signal_name.lower() / "checkpoints" / "last.ckpt"
+    assert torch.load(last, weights_only=True)["global_step"] == 3
+    resumed = _run(root, tiny_dir, data, signal_name.lower(), "--ckpt_path", "last")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    _assert_same_steps(root / "tiny" / signal_name.lower(), root / "tiny" / "whole")
