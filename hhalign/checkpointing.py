@@ -10,8 +10,10 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+import lightning as L
 import torch
 from lightning.fabric.utilities.cloud_io import _load as pl_load
+from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 from torch import nn
 
@@ -106,3 +108,11 @@ def check_fingerprints(saved: dict[str, str], current: dict[str, str], path_hint
                 f"({saved[key]} there, {value} now). Resume with the same settings, or start a new run "
                 "(another --trial_name) from its weights"
             )
+
+
+def checkpoint_dir(trainer: L.Trainer) -> Path:
+    """Where the run's ModelCheckpoint writes, so ``--ckpt_path last`` finds what we save."""
+    for callback in trainer.checkpoint_callbacks:
+        if isinstance(callback, ModelCheckpoint) and callback.dirpath:
+            return Path(callback.dirpath)
+    return Path(trainer.default_root_dir) / "checkpoints"

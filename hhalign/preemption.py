@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import signal
 import sys
-from pathlib import Path
 from types import FrameType
 from typing import Any
 
 import lightning as L
-from lightning.pytorch.callbacks import Callback, ModelCheckpoint
+from lightning.pytorch.callbacks import Callback
 
+from hhalign.checkpointing import checkpoint_dir
 from hhalign.errors import UserError
 
 HANDLED = (signal.SIGTERM, signal.SIGINT)
@@ -93,11 +93,3 @@ class Preemption(Callback):
             logger.save()
         if trainer.is_global_zero:
             print(f"hhalign: {self.stopped}", file=sys.stderr)
-
-
-def checkpoint_dir(trainer: L.Trainer) -> Path:
-    """Where the run's ModelCheckpoint writes, so ``--ckpt_path last`` finds what we save."""
-    for callback in trainer.checkpoint_callbacks:
-        if isinstance(callback, ModelCheckpoint) and callback.dirpath:
-            return Path(callback.dirpath)
-    return Path(trainer.default_root_dir) / "checkpoints"

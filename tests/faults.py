@@ -19,3 +19,23 @@ class KillAtStep(Callback):
     def on_train_batch_end(self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int) -> None:
         if trainer.global_step == self.step:
             os.kill(os.getpid(), self.signal)
+
+
+class NaNLossAtStep(Callback):
+    """Make the training loss of the batch at ``global_step == step`` NaN, as a diverging run would."""
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_train_batch_start(self, trainer: Any, pl_module: Any, batch: Any, batch_idx: int) -> None:
+        if trainer.global_step != self.step or "pair_outputs" in vars(pl_module):
+            vars(pl_module).pop("pair_outputs", None)
+            return
+        original = pl_module.pair_outputs
+
+        def poisoned(batch: Any) -> Any:
+            out = original(batch)
+            out.losses = out.losses * float("nan")
+            return out
+
+        pl_module.pair_outputs = poisoned

@@ -12,12 +12,18 @@ from torch import Tensor, nn
 from torchmetrics import MeanMetric
 from transformers import get_scheduler
 
-from hhalign.checkpointing import check_fingerprints
+from hhalign.checkpointing import check_fingerprints, checkpoint_dir
+from hhalign.errors import UserError
 
 STAGES = ("train", "val", "test")
 FINGERPRINT_KEY = "hhalign_fingerprints"
+SKIPPED_KEY = "hhalign_skipped_batches"
 PAIR_METRICS = ("loss", "reward_accuracy", "tie_rate", "reward_margin", "chosen_reward", "rejected_reward")
 ModelDtype = Literal["float32", "bfloat16", "float16", "auto"]
+
+
+class DivergenceError(UserError):
+    """Training produced a non-finite loss or gradient."""
 
 
 @dataclass
@@ -67,6 +73,8 @@ class AlignmentModule(L.LightningModule):
         disable_dropout: Zero every dropout probability in the model config.
         val_batches_during_fit: Bound validation while training to this many batches; the validation
             after the last step always covers every pair.
+        on_nonfinite: On a NaN or infinite loss or gradient, ``stop`` naming the step and the last good
+            checkpoint, or ``skip`` the batch and count it in ``train/skipped_batches``.
     """
 
     extra_metrics: tuple[str, ...] = ()
@@ -82,10 +90,12 @@ class AlignmentModule(L.LightningModule):
         trust_remote_code: bool = False,
         disable_dropout: bool = True,
         val_batches_during_fit: int | None = None,
+        on_nonfinite: Literal["stop", "skip"] = "stop",
     ) -> None:
         super().__init__()
         self.save_hyperparameters(ignore=["optimizer"])
         self.optimizer_factory = optimizer
+        self.skipped_batches = 0
         names = PAIR_METRICS + self.extra_metrics
         for stage in STAGES:  # one metric object per stage, as torchmetrics expects for correct syncing
             setattr(self, f"{stage}_metrics", nn.ModuleDict({n: MeanMetric() for n in names}))
@@ -110,8 +120,13 @@ class AlignmentModule(L.LightningModule):
     def pair_outputs(self, batch: dict[str, Tensor]) -> PairOutputs:
         raise NotImplementedError
 
-    def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
+    def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor | None:
         out = self.pair_outputs(batch)
+        loss = out.losses.mean()
+        finite = self._finite_or_skip(loss, "loss")
+        self.log("train/skipped_batches", float(self.skipped_batches), on_step=True, on_epoch=False)
+        if not finite:
+            return None  # Lightning then skips backward and the optimizer step on every rank
         pairs = out.losses.shape[0]
         for name, values in out.metric_values().items():
             metric = self.stage_metrics("train")[name]
@@ -124,7 +139,22 @@ class AlignmentModule(L.LightningModule):
                 batch_size=pairs,
                 prog_bar=name in ("loss", "reward_accuracy"),
             )
-        return out.losses.mean()
+        return loss
+
+    def _finite_or_skip(self, value: Tensor, what: str) -> bool:
+        """Agree across processes whether ``value`` is finite; if not, stop or count a skipped batch."""
+        if self.trainer.strategy.reduce_boolean_decision(bool(torch.isfinite(value).all()), all=True):
+            return True
+        step = self.trainer.global_step
+        if self.hparams.on_nonfinite == "stop":
+            last = checkpoint_dir(self.trainer) / "last.ckpt"
+            raise DivergenceError(
+                f"non-finite {what} at step {step}; last good checkpoint: "
+                f"{last if last.exists() else 'none written yet'}. Lower the learning rate or clip gradients "
+                "(--trainer.gradient_clip_val) and resume from it, or set --model.on_nonfinite skip"
+            )
+        self.skipped_batches += 1
+        return False
 
     def _evaluation_step(self, stage: str, batch: dict[str, Tensor], batch_idx: int) -> None:
         if stage == "val" and self._bounded_validation() and batch_idx >= self.hparams.val_batches_during_fit:
@@ -172,8 +202,13 @@ class AlignmentModule(L.LightningModule):
 
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
         grads = [p.grad for p in self.trainable_module().parameters() if p.grad is not None]
-        if grads:
-            self.log("train/grad_norm", torch.nn.utils.get_total_norm(grads), on_step=True, on_epoch=False)
+        if not grads:
+            return
+        norm = torch.nn.utils.get_total_norm(grads)
+        if self._finite_or_skip(norm, "gradient"):
+            self.log("train/grad_norm", norm, on_step=True, on_epoch=False)
+        else:
+            optimizer.zero_grad(set_to_none=True)  # AdamW leaves parameters without a gradient untouched
 
     def fingerprints(self) -> dict[str, str]:
         """What a checkpoint must agree with to be resumed: the module type and the training data."""
@@ -185,9 +220,11 @@ class AlignmentModule(L.LightningModule):
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint[FINGERPRINT_KEY] = self.fingerprints()
+        checkpoint[SKIPPED_KEY] = self.skipped_batches
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         check_fingerprints(checkpoint.get(FINGERPRINT_KEY, {}), self.fingerprints())
+        self.skipped_batches = checkpoint.get(SKIPPED_KEY, 0)
 
     def configure_optimizers(self) -> Any:
         params = [p for p in self.trainable_module().parameters() if p.requires_grad]
