@@ -6,12 +6,13 @@ import json
 import logging
 import random
 from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Literal
 
 import lightning as L
 import torch
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, DistributedSampler
 from torchdata.stateful_dataloader import StatefulDataLoader
 
 from hhalign.checkpointing import sequences_fingerprint
@@ -75,6 +76,24 @@ def length_grouped_batches(pairs: list[TokenizedPair], batch_size: int, seed: in
     batches = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
     random.Random(seed).shuffle(batches)
     return batches
+
+
+class EvalShard(DistributedSampler):
+    """Process ``rank`` evaluates batches ``rank, rank + world, …``: every batch once in all.
+
+    Lightning's default DistributedSampler repeats items to even out the shards, which would count
+    some validation pairs twice; being a DistributedSampler, this one is left in place.
+    """
+
+    def __init__(self, n_batches: int, num_replicas: int, rank: int) -> None:
+        super().__init__(range(n_batches), num_replicas=num_replicas, rank=rank, shuffle=False)  # type: ignore[arg-type]
+        self.indices = list(range(rank, n_batches, num_replicas))
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self.indices)
+
+    def __len__(self) -> int:
+        return len(self.indices)
 
 
 class PreferenceDataModule(L.LightningDataModule):
@@ -159,10 +178,12 @@ class PreferenceDataModule(L.LightningDataModule):
         }
 
     def _save_summary(self) -> None:
-        trainer = self.trainer
-        if trainer is None or trainer.log_dir is None or not trainer.is_global_zero:
+        if self.trainer is None:
             return
-        run_dir = Path(trainer.log_dir)
+        log_dir = self.trainer.log_dir  # a collective under DDP: every rank must ask, once
+        if log_dir is None or not self.trainer.is_global_zero:
+            return
+        run_dir = Path(log_dir)
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / SUMMARY_FILE).write_text(json.dumps(self.summary, indent=2) + "\n")
 
@@ -178,12 +199,17 @@ class PreferenceDataModule(L.LightningDataModule):
         )
 
     def val_dataloader(self) -> DataLoader:
-        batches = length_grouped_batches(
-            self.val_pairs, self.hparams.val_batch_size or self.hparams.batch_size, self.hparams.split_seed
-        )
+        trainer = self.trainer
+        world, rank = (trainer.world_size, trainer.global_rank) if trainer else (1, 0)
+        # small enough that every process gets at least one batch: Lightning refuses an empty loader
+        size = min(self.hparams.val_batch_size or self.hparams.batch_size, -(-len(self.val_pairs) // world))
+        order = length_grouped_batches(self.val_pairs, size, self.hparams.split_seed)
+        batches = [[self.val_pairs[i] for i in batch] for batch in order]
+        # batch_size=None: each item is already a batch, and the collator turns it into tensors
         return DataLoader(
-            self.val_pairs,
-            batch_sampler=batches,
+            batches,
+            batch_size=None,
+            sampler=EvalShard(len(batches), world, rank),
             collate_fn=self.collator,  # type: ignore[arg-type]
             num_workers=self.hparams.num_workers,
         )

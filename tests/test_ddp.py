@@ -1,0 +1,84 @@
+"""Two processes on the CPU (gloo): training runs, checkpoints are written once, and validation metrics,
+reduced across processes, equal a single process's on the same weights."""
+
+from __future__ import annotations
+
+import csv
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import REPO
+
+
+def _cli(tmp_path: Path, tiny_dir: Path, data: Path, subcommand: str, *args: str) -> subprocess.CompletedProcess:
+    """``args`` go after the config file, which would otherwise override them."""
+    options = {
+        "--model.model_name_or_path": str(tiny_dir),
+        "--data.path": str(data),
+        "--data.max_length": "128",
+        "--data.max_response_length": "64",
+        "--data.valid_fraction": "0.25",
+        "--data.val_batch_size": "5",
+        "--output_dir": str(tmp_path),
+        "--trainer.enable_progress_bar": "false",
+    }
+    command = [sys.executable, "-m", "hhalign.cli", subcommand, "--config", str(REPO / "configs/tiny/dpo.yaml")]
+    command += [item for pair in options.items() for item in pair] + list(args)
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    return subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+
+
+def _last_val(run_dir: Path) -> dict[str, float]:
+    with open(run_dir / "metrics.csv") as handle:
+        rows = [r for r in csv.DictReader(handle) if r.get("val/reward_accuracy")]
+    return {k: float(v) for k, v in rows[-1].items() if k.startswith("val/") and v}
+
+
+@pytest.mark.slow
+def test_ddp_two_processes_match_a_single_process(tmp_path: Path, tiny_dir: Path, small_jsonl: Path):
+    fit = _cli(
+        tmp_path,
+        tiny_dir,
+        small_jsonl,
+        "fit",
+        "--trial_name",
+        "ddp",
+        "--trainer.strategy",
+        "ddp",
+        "--trainer.devices",
+        "2",
+        "--trainer.max_steps",
+        "2",
+        "--trainer.val_check_interval",
+        "2",
+    )
+    assert fit.returncode == 0, fit.stderr[-3000:]
+    run_dir = tmp_path / "tiny" / "ddp"
+    assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == [
+        "best-step=2.ckpt",
+        "last.ckpt",
+        "step=2.ckpt",
+    ]
+    with open(run_dir / "metrics.csv") as handle:  # rank 0 alone writes the log: each step once
+        steps = [int(r["step"]) for r in csv.DictReader(handle) if r.get("train/loss")]
+    assert steps == [0, 1]
+
+    single = _cli(
+        tmp_path,
+        tiny_dir,
+        small_jsonl,
+        "validate",
+        "--trial_name",
+        "single",
+        "--ckpt_path",
+        str(run_dir / "checkpoints" / "last.ckpt"),
+    )
+    assert single.returncode == 0, single.stderr[-3000:]
+    distributed, alone = _last_val(run_dir), _last_val(tmp_path / "tiny" / "single")
+    assert set(distributed) == set(alone) and "val/reward_accuracy" in alone
+    for key, value in alone.items():  # 12 validation pairs in 3 batches: uneven shards, no pair twice
+        assert distributed[key] == pytest.approx(value, abs=1e-5), key
