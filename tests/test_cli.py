@@ -195,16 +195,37 @@ def test_an_earlier_run_is_not_overwritten(tmp_path: Path, small_jsonl: Path):
 
 
 @pytest.mark.slow
-def test_wandb_offline_beside_the_csv_log(
+def test_wandb_offline_beside_the_csv_log_resumes_its_run_and_keeps_secrets_out(
     tmp_path: Path, tiny_dir: Path, small_jsonl: Path, monkeypatch: pytest.MonkeyPatch
 ):
+    secret = "0123456789abcdef0123456789abcdef01234567"
     monkeypatch.setenv("WANDB_SILENT", "true")
+    monkeypatch.setenv("WANDB_API_KEY", secret)
     run_dir = _fit(
         tmp_path, tiny_dir, small_jsonl, "configs/tiny/dpo.yaml", "--wandb_mode", "offline", "--trainer.max_steps", "2"
     )
+    run_id = (run_dir / "wandb_run_id.txt").read_text().strip()
     offline_runs = list((run_dir / "wandb").glob("offline-run-*"))
-    assert len(offline_runs) == 1 and any(offline_runs[0].rglob("*.wandb"))
+    assert len(offline_runs) == 1 and offline_runs[0].name.endswith(run_id) and any(offline_runs[0].rglob("*.wandb"))
     assert [int(r["step"]) for r in _rows(run_dir) if r.get("train/loss")] == [0, 1]
+
+    _fit(
+        tmp_path,
+        tiny_dir,
+        small_jsonl,
+        "configs/tiny/dpo.yaml",
+        "--wandb_mode",
+        "offline",
+        "--trainer.max_steps",
+        "3",
+        "--ckpt_path",
+        "last",
+    )
+    assert (run_dir / "wandb_run_id.txt").read_text().strip() == run_id
+    assert all(p.name.endswith(run_id) for p in (run_dir / "wandb").glob("offline-run-*"))
+    for path in run_dir.rglob("*"):
+        if path.is_file():
+            assert secret.encode() not in path.read_bytes(), f"the wandb key leaked into {path}"
 
 
 @pytest.mark.slow
