@@ -6,13 +6,12 @@ import json
 import logging
 import random
 from collections import Counter
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Literal
 
 import lightning as L
 import torch
-from torch.utils.data import DataLoader, DistributedSampler
+from torch.utils.data import DataLoader
 from torchdata.stateful_dataloader import StatefulDataLoader
 
 from hhalign.checkpointing import sequences_fingerprint
@@ -20,6 +19,7 @@ from hhalign.errors import ConfigError, DataError
 from hhalign.loading import load_tokenizer
 from hhalign.pairs import PairTokenizer, TokenizedPair
 from hhalign.records import OnBadRecord, Record, is_jsonl_source, read_hub, read_local
+from hhalign.samplers import EvalShard, ResumableShuffle
 
 log = logging.getLogger(__name__)
 
@@ -78,24 +78,6 @@ def length_grouped_batches(pairs: list[TokenizedPair], batch_size: int, seed: in
     return batches
 
 
-class EvalShard(DistributedSampler):
-    """Process ``rank`` evaluates batches ``rank, rank + world, …``: every batch once in all.
-
-    Lightning's default DistributedSampler repeats items to even out the shards, which would count
-    some validation pairs twice; being a DistributedSampler, this one is left in place.
-    """
-
-    def __init__(self, n_batches: int, num_replicas: int, rank: int) -> None:
-        super().__init__(range(n_batches), num_replicas=num_replicas, rank=rank, shuffle=False)  # type: ignore[arg-type]
-        self.indices = list(range(rank, n_batches, num_replicas))
-
-    def __iter__(self) -> Iterator[int]:
-        return iter(self.indices)
-
-    def __len__(self) -> int:
-        return len(self.indices)
-
-
 class PreferenceDataModule(L.LightningDataModule):
     """hh-rlhf style chosen/rejected pairs, tokenized with a shared prompt.
 
@@ -107,6 +89,7 @@ class PreferenceDataModule(L.LightningDataModule):
         train_split: Split to train on (hub datasets).
         val_split: Split to validate on (hub datasets); when None, ``valid_fraction`` of the training
             records are held out, seeded by ``split_seed``. Local files always use ``valid_fraction``.
+        shuffle_seed: Seeds the training order, a new permutation each epoch.
         max_length: Bound on prompt + the longer response, in tokens.
         max_response_length: Bound on each response (default: ``max_length``).
         on_bad_record: ``error`` stops at the first unusable record naming its line; ``skip`` drops and counts it.
@@ -121,6 +104,7 @@ class PreferenceDataModule(L.LightningDataModule):
         val_split: str | None = None,
         valid_fraction: float = 0.1,
         split_seed: int = 0,
+        shuffle_seed: int = 0,
         max_length: int = 512,
         max_response_length: int | None = None,
         batch_size: int = 8,
@@ -190,10 +174,12 @@ class PreferenceDataModule(L.LightningDataModule):
     def train_dataloader(self) -> StatefulDataLoader:
         # Stateful: Lightning saves the sampler's position in checkpoints, so a resume mid-epoch
         # continues with the next unseen batch instead of restarting the epoch.
+        trainer = self.trainer
+        world, rank = (trainer.world_size, trainer.global_rank) if trainer else (1, 0)
         return StatefulDataLoader(
-            self.train_pairs,
+            self.train_pairs,  # type: ignore[arg-type]
             batch_size=self.hparams.batch_size,
-            shuffle=True,  # type: ignore[arg-type]
+            sampler=ResumableShuffle(len(self.train_pairs), world, rank, self.hparams.shuffle_seed),
             collate_fn=self.collator,
             num_workers=self.hparams.num_workers,
         )
