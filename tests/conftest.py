@@ -51,3 +51,16 @@ def tokenizer(tiny_dir: Path):
 def small_jsonl(tmp_path: Path) -> Path:
     """48 real pairs in a plain JSONL file: enough for a few training steps and a validation split."""
     return write_jsonl(tmp_path / "pairs.jsonl", shipped_records(48))
+
+
+def tiny_args(subcommand: str, config: str, tiny_dir: Path, data: Path, output_dir: Path, *extra: str) -> list[str]:
+    """The command line of a short tiny run on a small data file: 128-token pairs, a quarter held out.
+
+    ``extra`` options come after the config file, which would otherwise override them.
+    """
+    return [
+        subcommand, "--config", str(REPO / config), "--model.model_name_or_path", str(tiny_dir),
+        "--data.path", str(data), "--data.max_length", "128", "--data.max_response_length", "64",
+        "--data.valid_fraction", "0.25", "--output_dir", str(output_dir), "--trainer.enable_progress_bar", "false",
+        *extra,
+    ]  # fmt: skip

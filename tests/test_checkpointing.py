@@ -10,7 +10,7 @@ import torch
 
 from hhalign.checkpointing import AtomicCheckpointIO, CheckpointError, sequences_fingerprint, weights_fingerprint
 from hhalign.cli import main
-from tests.conftest import REPO, shipped_records, write_jsonl
+from tests.conftest import shipped_records, tiny_args, write_jsonl
 
 
 class ExplodesWhenPickled:
@@ -78,22 +78,12 @@ def test_fingerprints_tell_data_and_weights_apart():
 
 def _fit(tmp_path: Path, tiny_dir: Path, data: Path, *extra: str) -> None:
     main(
-        [
+        tiny_args(
             "fit",
-            "--config",
-            str(REPO / "configs/tiny/dpo.yaml"),
-            "--model.model_name_or_path",
-            str(tiny_dir),
-            "--data.path",
-            str(data),
-            "--data.max_length",
-            "128",
-            "--data.max_response_length",
-            "64",
-            "--data.valid_fraction",
-            "0.25",
-            "--output_dir",
-            str(tmp_path),
+            "configs/tiny/dpo.yaml",
+            tiny_dir,
+            data,
+            tmp_path,
             "--trial_name",
             "t",
             "--trainer.max_steps",
@@ -101,7 +91,7 @@ def _fit(tmp_path: Path, tiny_dir: Path, data: Path, *extra: str) -> None:
             "--trainer.val_check_interval",
             "2",
             *extra,
-        ]
+        )
     )
 
 
@@ -138,28 +128,18 @@ def test_resume_refuses_other_data_or_reference_or_module(tmp_path: Path, tiny_d
 
     with pytest.raises(SystemExit) as exited:
         main(
-            [
+            tiny_args(
                 "fit",
-                "--config",
-                str(REPO / "configs/tiny/rm.yaml"),
-                "--model.model_name_or_path",
-                str(tiny_dir),
-                "--data.path",
-                str(small_jsonl),
-                "--data.max_length",
-                "128",
-                "--data.max_response_length",
-                "64",
-                "--data.valid_fraction",
-                "0.25",
-                "--output_dir",
-                str(tmp_path),
+                "configs/tiny/rm.yaml",
+                tiny_dir,
+                small_jsonl,
+                tmp_path,
                 "--trial_name",
                 "t",
                 "--trainer.max_steps",
                 "4",
                 "--ckpt_path",
                 str(last),
-            ]
+            )
         )
     assert "the training module differ" in str(exited.value.code)

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from hhalign.cli import main
-from tests.conftest import REPO
+from tests.conftest import REPO, tiny_args
 
 CONFIGS = sorted((REPO / "configs").rglob("*.yaml"))
 
@@ -68,22 +68,12 @@ def test_bad_model_options_fail_at_parse_time(
 
 def _fit(tmp_path: Path, tiny_dir: Path, data: Path, config: str, *extra: str) -> Path:
     main(
-        [
+        tiny_args(
             "fit",
-            "--config",
-            str(REPO / config),
-            "--model.model_name_or_path",
-            str(tiny_dir),
-            "--data.path",
-            str(data),
-            "--data.max_length",
-            "128",
-            "--data.max_response_length",
-            "64",
-            "--data.valid_fraction",
-            "0.25",
-            "--output_dir",
-            str(tmp_path),
+            config,
+            tiny_dir,
+            data,
+            tmp_path,
             "--trial_name",
             "t",
             "--trainer.max_steps",
@@ -91,7 +81,7 @@ def _fit(tmp_path: Path, tiny_dir: Path, data: Path, config: str, *extra: str) -
             "--trainer.val_check_interval",
             "2",
             *extra,
-        ]
+        )
     )
     return tmp_path / "tiny" / "t"
 

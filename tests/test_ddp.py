@@ -11,25 +11,17 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import REPO
+from tests.conftest import REPO, tiny_args
 
 
 def _cli(tmp_path: Path, tiny_dir: Path, data: Path, subcommand: str, *args: str) -> subprocess.CompletedProcess:
-    """``args`` go after the config file, which would otherwise override them."""
-    options = {
-        "--model.model_name_or_path": str(tiny_dir),
-        "--data.path": str(data),
-        "--data.max_length": "128",
-        "--data.max_response_length": "64",
-        "--data.valid_fraction": "0.25",
-        "--data.val_batch_size": "5",
-        "--output_dir": str(tmp_path),
-        "--trainer.enable_progress_bar": "false",
-    }
-    command = [sys.executable, "-m", "hhalign.cli", subcommand, "--config", str(REPO / "configs/tiny/dpo.yaml")]
-    command += [item for pair in options.items() for item in pair] + list(args)
+    command = tiny_args(
+        subcommand, "configs/tiny/dpo.yaml", tiny_dir, data, tmp_path, "--data.val_batch_size", "5", *args
+    )
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    return subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    return subprocess.run(
+        [sys.executable, "-m", "hhalign.cli", *command], cwd=REPO, env=env, capture_output=True, text=True, timeout=600
+    )
 
 
 def _last_val(run_dir: Path) -> dict[str, float]:

@@ -9,27 +9,17 @@ import pytest
 import torch
 
 from hhalign.cli import main
-from tests.conftest import REPO
+from tests.conftest import tiny_args
 
 
 def _fit(tmp_path: Path, tiny_dir: Path, data: Path, *extra: str) -> Path:
     main(
-        [
+        tiny_args(
             "fit",
-            "--config",
-            str(REPO / "configs/tiny/dpo.yaml"),
-            "--model.model_name_or_path",
-            str(tiny_dir),
-            "--data.path",
-            str(data),
-            "--data.max_length",
-            "128",
-            "--data.max_response_length",
-            "64",
-            "--data.valid_fraction",
-            "0.25",
-            "--output_dir",
-            str(tmp_path),
+            "configs/tiny/dpo.yaml",
+            tiny_dir,
+            data,
+            tmp_path,
             "--trial_name",
             "t",
             "--trainer.max_steps",
@@ -40,7 +30,7 @@ def _fit(tmp_path: Path, tiny_dir: Path, data: Path, *extra: str) -> Path:
             "--trainer.callbacks.step",
             "2",
             *extra,
-        ]
+        )
     )
     return tmp_path / "tiny" / "t"
 

@@ -11,46 +11,33 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import REPO
+from tests.conftest import REPO, tiny_args
 
 
 def _run(tmp_path: Path, tiny_dir: Path, data: Path, trial: str, *extra: str) -> subprocess.CompletedProcess:
-    command = [
-        sys.executable,
-        "-m",
-        "hhalign.cli",
+    args = tiny_args(
         "fit",
-        "--config",
-        str(REPO / "configs/tiny/dpo.yaml"),
-        "--model.model_name_or_path",
-        str(tiny_dir),
-        "--data.path",
-        str(data),
-        "--data.max_length",
-        "128",
-        "--data.max_response_length",
-        "64",
-        "--data.valid_fraction",
-        "0.25",
-        "--output_dir",
-        str(tmp_path),
+        "configs/tiny/dpo.yaml",
+        tiny_dir,
+        data,
+        tmp_path,
         "--trial_name",
         trial,
         "--trainer.max_steps",
         "8",
         "--trainer.val_check_interval",
         "100",
-        "--trainer.enable_progress_bar",
-        "false",
         "--trainer.callbacks+=lightning.pytorch.callbacks.ModelCheckpoint",
         "--trainer.callbacks.every_n_train_steps",
         "2",
         "--trainer.callbacks.save_last",
         "true",
         *extra,
-    ]
+    )
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
-    return subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    return subprocess.run(
+        [sys.executable, "-m", "hhalign.cli", *args], cwd=REPO, env=env, capture_output=True, text=True, timeout=600
+    )
 
 
 def _train_rows(run_dir: Path) -> dict[int, dict[str, str]]:
