@@ -10,6 +10,7 @@ import lightning as L
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.loggers import CSVLogger
 from lightning.pytorch.loggers.csv_logs import ExperimentWriter
+from lightning.pytorch.loggers.logger import rank_zero_experiment
 
 
 class _KeepingWriter(ExperimentWriter):
@@ -40,6 +41,7 @@ class ResumableCSVLogger(CSVLogger):
     """``CSVLogger`` that appends to the ``metrics.csv`` of a resumed run instead of deleting it."""
 
     @property
+    @rank_zero_experiment
     def experiment(self) -> _KeepingWriter:  # type: ignore[override]
         if self._experiment is None:
             self._fs.makedirs(self.root_dir, exist_ok=True)
@@ -55,8 +57,10 @@ class ResumeLogs(Callback):
     """
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if not trainer.is_global_zero or trainer.global_step == 0:
+            return  # rank 0 alone owns the file
         for logger in trainer.loggers:
-            if isinstance(logger, ResumableCSVLogger) and trainer.global_step > 0:
+            if isinstance(logger, ResumableCSVLogger):
                 logger.experiment.drop_rows_from(trainer.global_step)
 
     def on_save_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]) -> None:
