@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import os
 import shutil
 import signal
 import sys
@@ -57,6 +58,8 @@ class HHAlignCLI(LightningCLI):
 
     def before_instantiate_classes(self) -> None:
         """Refuse to write over an earlier run unless asked to resume it or replace it."""
+        if os.environ.get("LOCAL_RANK", "0") != "0" or os.environ.get("NODE_RANK", "0") != "0":
+            return  # a DDP worker started by the launcher, which has decided already
         run_dir = self.run_dir()
         earlier = any((run_dir / name).exists() for name in ("metrics.csv", "checkpoints"))
         if self.subcommand != "fit" or not earlier or self._get(self.config, "ckpt_path") is not None:
