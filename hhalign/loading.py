@@ -11,14 +11,16 @@ from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSequenceC
 from hhalign.errors import ModelLoadError
 
 
-def _looks_local(name_or_path: str) -> bool:
-    return name_or_path.startswith((".", "/", "~")) or Path(name_or_path).exists()
+def missing_local_path(name_or_path: str) -> bool:
+    """True when the string plainly names a local path (``./``, ``/``, ``~``) that does not exist, so the
+    user gets "does not exist" rather than a hub lookup error."""
+    return name_or_path.startswith((".", "/", "~")) and not Path(name_or_path).expanduser().exists()
 
 
 def _check_exists(name_or_path: str, what: str) -> None:
     if not name_or_path:
         raise ModelLoadError(f"no {what} path given; set model.model_name_or_path")
-    if _looks_local(name_or_path) and not Path(name_or_path).expanduser().exists():
+    if missing_local_path(name_or_path):
         raise ModelLoadError(
             f"{what} path {name_or_path!r} does not exist; give a Hugging Face model name or a "
             "folder written by save_pretrained (e.g. one from `hhalign make-tiny`)"

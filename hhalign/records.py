@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from hhalign.errors import DataError
+from hhalign.loading import missing_local_path
 
 LOCAL_SUFFIXES = (".jsonl", ".jsonl.gz")
 OnBadRecord = Literal["error", "skip"]
@@ -112,7 +113,7 @@ def read_hub(
     """Read one split through ``datasets.load_dataset`` (a hub name or a dataset folder)."""
     import datasets
 
-    if path.startswith((".", "/", "~")) and not Path(path).expanduser().exists():
+    if missing_local_path(path):
         raise DataError(
             f"data path {path!r} does not exist; set data.path to a .jsonl/.jsonl.gz file, a folder, "
             "or a Hugging Face dataset name"

@@ -72,14 +72,15 @@ def build_model(tokenizer: PreTrainedTokenizerFast, size: str = "tiny", seed: in
     return LlamaForCausalLM(config)
 
 
-def make_tiny(out: str, size: str = "tiny", data: str = DEFAULT_DATA, seed: int = 0) -> Path:
-    """Write tokenizer and model to ``out`` with ``save_pretrained`` (safetensors); return the folder."""
+def make_tiny(out: str, size: str = "tiny", data: str = DEFAULT_DATA, seed: int = 0) -> tuple[Path, int]:
+    """Write tokenizer and model to ``out`` with ``save_pretrained`` (safetensors); return the folder and
+    the parameter count."""
     folder = Path(out)
     tokenizer = build_tokenizer(data)
     model = build_model(tokenizer, size, seed)
     tokenizer.save_pretrained(folder)
     model.save_pretrained(folder)
-    return folder
+    return folder, sum(p.numel() for p in model.parameters())
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -89,6 +90,5 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--data", default=DEFAULT_DATA, help="JSONL file or folder to train the tokenizer on")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
-    folder = make_tiny(args.out, args.size, args.data, args.seed)
-    n_params = sum(p.numel() for p in LlamaForCausalLM.from_pretrained(folder).parameters())
+    folder, n_params = make_tiny(args.out, args.size, args.data, args.seed)
     print(f"wrote {args.size} model ({n_params / 1e6:.1f}M parameters) and tokenizer to {folder}")

@@ -37,7 +37,8 @@ def tiny_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The offline tiny model and tokenizer, built once per session the way `make-tiny` builds them."""
     from hhalign.tiny import make_tiny
 
-    return make_tiny(str(tmp_path_factory.mktemp("tiny")), size="tiny", data=str(SHIPPED))
+    folder, _ = make_tiny(str(tmp_path_factory.mktemp("tiny")), size="tiny", data=str(SHIPPED))
+    return folder
 
 
 @pytest.fixture(scope="session")
