@@ -8,6 +8,8 @@ from typing import Any
 import lightning as L
 from lightning.pytorch.callbacks import Callback
 
+from hhalign.packing import batch_pairs
+
 
 class Throughput(Callback):
     """Log pairs and real (non-pad) tokens per second of each training step, wall clock, and the
@@ -36,7 +38,7 @@ class Throughput(Callback):
         self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int
     ) -> None:
         seconds = max(time.perf_counter() - self._start, 1e-9)
-        pairs = batch["input_ids"].shape[0] // 2
+        pairs = batch_pairs(batch)
         self.pairs_seen += pairs
         pl_module.log("train/pairs_seen", float(self.pairs_seen), on_step=True, on_epoch=False, batch_size=pairs)
         pl_module.log(

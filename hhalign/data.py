@@ -17,6 +17,7 @@ from torchdata.stateful_dataloader import StatefulDataLoader
 from hhalign.checkpointing import sequences_fingerprint
 from hhalign.errors import ConfigError, DataError
 from hhalign.loading import load_tokenizer
+from hhalign.packing import SharedPromptCollator
 from hhalign.pairs import PairTokenizer, TokenizedPair
 from hhalign.records import OnBadRecord, Record, is_jsonl_source, read_hub, read_local
 from hhalign.samplers import EvalShard, ResumableShuffle
@@ -64,15 +65,19 @@ def split_records(records: list[Record], valid_fraction: float, seed: int) -> tu
     return [records[i] for i in sorted(order[n_val:])], [records[i] for i in sorted(order[:n_val])]
 
 
-def pair_length(pair: TokenizedPair) -> int:
-    """Tokens in the longer row of a pair, which sets the padded width of its batch."""
+def pair_length(pair: TokenizedPair, shared_prompt: bool = False) -> int:
+    """Tokens in the row that sets the padded width of its batch: the packed row, or the longer plain row."""
+    if shared_prompt:
+        return len(pair.prompt) + len(pair.chosen) + len(pair.rejected)
     return len(pair.prompt) + max(len(pair.chosen), len(pair.rejected))
 
 
-def length_grouped_batches(pairs: list[TokenizedPair], batch_size: int, seed: int) -> list[list[int]]:
+def length_grouped_batches(
+    pairs: list[TokenizedPair], batch_size: int, seed: int, shared_prompt: bool = False
+) -> list[list[int]]:
     """Batches of similar length, in a seeded order: evaluation pads little, and its first
     batches are a spread of lengths rather than the shortest pairs."""
-    order = sorted(range(len(pairs)), key=lambda i: pair_length(pairs[i]))
+    order = sorted(range(len(pairs)), key=lambda i: pair_length(pairs[i], shared_prompt))
     batches = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
     random.Random(seed).shuffle(batches)
     return batches
@@ -93,6 +98,10 @@ class PreferenceDataModule(L.LightningDataModule):
         max_length: Bound on prompt + the longer response, in tokens.
         max_response_length: Bound on each response (default: ``max_length``).
         on_bad_record: ``error`` stops at the first unusable record naming its line; ``skip`` drops and counts it.
+        shared_prompt: Pack each pair as one row ``prompt + chosen + rejected`` (see ``hhalign.packing``),
+            so the prompt is computed once; off, chosen rows are stacked above rejected rows.
+        group_by_length: Train on batches of pairs of similar length (less padding); each epoch is
+            still a seeded permutation of the training pairs.
     """
 
     def __init__(
@@ -110,6 +119,8 @@ class PreferenceDataModule(L.LightningDataModule):
         batch_size: int = 8,
         val_batch_size: int | None = None,
         padding_side: Literal["right", "left"] = "right",
+        shared_prompt: bool = True,
+        group_by_length: bool = False,
         num_workers: int = 0,
         on_bad_record: OnBadRecord = "error",
         trust_remote_code: bool = False,
@@ -119,7 +130,7 @@ class PreferenceDataModule(L.LightningDataModule):
         self.train_pairs: list[TokenizedPair] = []
         self.val_pairs: list[TokenizedPair] = []
         self.summary: dict[str, Any] = {}
-        self.collator: PairCollator | None = None
+        self.collator: PairCollator | SharedPromptCollator | None = None
         self.fingerprint = ""
 
     def _read(self, counts: Counter[str]) -> tuple[list[Record], list[Record]]:
@@ -148,7 +159,10 @@ class PreferenceDataModule(L.LightningDataModule):
                 f"(drops: {dict(counts)}); raise data.max_length (now {hp.max_length}) or check the data"
             )
         self.summary = self._summarize(len(train_records) + len(val_records) + counts["bad_record"], counts)
-        self.collator = PairCollator(tokenizer.pad_token_id, hp.padding_side)
+        if hp.shared_prompt:
+            self.collator = SharedPromptCollator(tokenizer.pad_token_id)
+        else:
+            self.collator = PairCollator(tokenizer.pad_token_id, hp.padding_side)
         self.fingerprint = sequences_fingerprint((p.prompt, p.chosen, p.rejected) for p in self.train_pairs)
         log.info("data: %s", json.dumps(self.summary))
         self._save_summary()
@@ -179,17 +193,22 @@ class PreferenceDataModule(L.LightningDataModule):
         return StatefulDataLoader(
             self.train_pairs,  # type: ignore[arg-type]
             batch_size=self.hparams.batch_size,
-            sampler=ResumableShuffle(len(self.train_pairs), world, rank, self.hparams.shuffle_seed),
+            sampler=self._train_sampler(world, rank),
             collate_fn=self.collator,
             num_workers=self.hparams.num_workers,
         )
+
+    def _train_sampler(self, world: int, rank: int) -> ResumableShuffle:
+        hp = self.hparams
+        lengths = [pair_length(p, hp.shared_prompt) for p in self.train_pairs] if hp.group_by_length else None
+        return ResumableShuffle(len(self.train_pairs), world, rank, hp.shuffle_seed, lengths, hp.batch_size)
 
     def val_dataloader(self) -> DataLoader:
         trainer = self.trainer
         world, rank = (trainer.world_size, trainer.global_rank) if trainer else (1, 0)
         # small enough that every process gets at least one batch: Lightning refuses an empty loader
         size = min(self.hparams.val_batch_size or self.hparams.batch_size, -(-len(self.val_pairs) // world))
-        order = length_grouped_batches(self.val_pairs, size, self.hparams.split_seed)
+        order = length_grouped_batches(self.val_pairs, size, self.hparams.split_seed, self.hparams.shared_prompt)
         batches = [[self.val_pairs[i] for i in batch] for batch in order]
         # batch_size=None: each item is already a batch, and the collator turns it into tensors
         return DataLoader(

@@ -23,6 +23,7 @@ __all__ = [
     "check_dpo_options",
     "dpo_loss",
     "implicit_rewards",
+    "scattered_logps",
     "sequence_logps",
 ]
 
@@ -51,10 +52,27 @@ def sequence_logps(logits: Tensor, labels: Tensor, loss_mask: Tensor) -> tuple[T
     mask = loss_mask[:, 1:].bool()
     rows = mask.nonzero(as_tuple=True)[0]
     picked = logits[:, :-1][mask]  # (N, V): only the scored positions
-    picked = picked.to(torch.promote_types(picked.dtype, torch.float32))
-    token_logps = -F.cross_entropy(picked, labels[:, 1:][mask], reduction="none")
-    logp_sum = token_logps.new_zeros(labels.shape[0]).index_add(0, rows, token_logps)
-    return logp_sum, mask.sum(-1)
+    return scattered_logps(picked, labels[:, 1:][mask], rows, labels.shape[0])
+
+
+def scattered_logps(token_logits: Tensor, labels: Tensor, sequences: Tensor, n_sequences: int) -> tuple[Tensor, Tensor]:
+    """Sum token log-probs into their sequences, from the logits of the scored positions only.
+
+    Args:
+        token_logits: ``(N, V)``, one row per scored token, any floating dtype (upcast here).
+        labels: ``(N,)`` the token each row scores.
+        sequences: ``(N,)`` the sequence each token belongs to, in ``[0, n_sequences)``.
+
+    Returns:
+        ``(logp_sum, n_tokens)``, both ``(n_sequences,)``, as ``sequence_logps``.
+    """
+    token_logits = token_logits.to(torch.promote_types(token_logits.dtype, torch.float32))
+    token_logps = -F.cross_entropy(token_logits, labels, reduction="none")
+    logp_sum = token_logps.new_zeros(n_sequences).index_add(0, sequences, token_logps)
+    n_tokens = torch.zeros(n_sequences, dtype=torch.long, device=labels.device).index_add(
+        0, sequences, torch.ones_like(sequences)
+    )
+    return logp_sum, n_tokens
 
 
 def implicit_rewards(policy_logps: Tensor, ref_logps: Tensor, beta: float) -> Tensor:

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import random
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 from torch.utils.data import DistributedSampler
@@ -15,15 +16,55 @@ class ResumableShuffle(DistributedSampler):
     resume mid-epoch continues with the next unseen pair, under DDP too (where Lightning would
     otherwise inject a DistributedSampler that can only restart the epoch). Being a
     DistributedSampler, Lightning leaves it in place and calls ``set_epoch`` on it.
+
+
+    With ``lengths`` and ``batch_size``, each epoch's permutation is cut into windows of
+    ``group_batches`` global batches, sorted by length inside each window, and the global batches of
+    the epoch are shuffled: a batch holds pairs of similar length (less padding) and the epoch is still
+    a permutation, the same on every process, so the position stays resumable.
     """
 
-    def __init__(self, n_items: int, num_replicas: int, rank: int, seed: int = 0) -> None:
+    def __init__(
+        self,
+        n_items: int,
+        num_replicas: int,
+        rank: int,
+        seed: int = 0,
+        lengths: Sequence[int] | None = None,
+        batch_size: int = 1,
+        group_batches: int = 64,
+    ) -> None:
         super().__init__(range(n_items), num_replicas=num_replicas, rank=rank, shuffle=True, seed=seed)  # type: ignore[arg-type]
+        if lengths is not None and len(lengths) != n_items:
+            raise ValueError(f"{len(lengths)} lengths for {n_items} items")
+        self.lengths = lengths
+        self.batch_size = batch_size
+        self.group_batches = group_batches
         self.yielded = 0
         self._resume_at = 0
 
+    def _epoch_indices(self) -> list[int]:
+        if self.lengths is None:
+            return list(super().__iter__())
+        order = list(range(len(self.lengths)))
+        rng = random.Random(self.seed + self.epoch)
+        rng.shuffle(order)
+        order += order[: self.total_size - len(order)]  # pad to a multiple of the world, as the parent does
+        lengths, world = self.lengths, self.num_replicas
+        global_batch = self.batch_size * world
+        window = global_batch * self.group_batches
+        grouped: list[int] = []
+        for start in range(0, len(order), window):
+            grouped += sorted(order[start : start + window], key=lambda i: lengths[i])
+        batches = [grouped[i : i + global_batch] for i in range(0, len(grouped), global_batch)]
+        full, partial = (batches[:-1], batches[-1:]) if len(batches[-1]) < global_batch else (batches, [])
+        rng.shuffle(full)
+        # each process takes its slice of every global batch, so its own batches stay length-grouped
+        rank = self.rank
+        return [i for b in full + partial for i in b[rank * len(b) // world : (rank + 1) * len(b) // world]]
+
     def __iter__(self) -> Iterator[int]:
-        indices = list(super().__iter__())
+        indices = self._epoch_indices()
         self.yielded, self._resume_at = self._resume_at, 0
         for index in indices[self.yielded :]:
             self.yielded += 1

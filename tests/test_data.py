@@ -8,6 +8,7 @@ from pathlib import Path
 import torch
 
 from hhalign.data import PairCollator, PreferenceDataModule, length_grouped_batches
+from hhalign.packing import batch_pairs
 from hhalign.pairs import TokenizedPair
 
 PAIRS = [
@@ -118,7 +119,7 @@ def test_summary_is_saved_to_the_run_directory(tmp_path: Path, tiny_dir: Path, s
     saved = json.loads((tmp_path / "exp" / "trial" / "data_summary.json").read_text())
     assert saved == data.summary and saved["read"] == 48
     batch = next(iter(data.train_dataloader()))
-    assert batch["input_ids"].shape[0] == 2 * 8
+    assert batch_pairs(batch) == 8 and batch["input_ids"].shape[0] == 8  # packed: one row per pair
 
 
 def test_hub_layout_loads_through_datasets(tmp_path: Path, tiny_dir: Path):

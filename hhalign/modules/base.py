@@ -14,6 +14,7 @@ from transformers import get_scheduler
 
 from hhalign.checkpointing import check_fingerprints, checkpoint_dir
 from hhalign.errors import UserError
+from hhalign.forward import enable_gradient_checkpointing
 
 STAGES = ("train", "val", "test")
 FINGERPRINT_KEY = "hhalign_fingerprints"
@@ -48,17 +49,6 @@ class PairOutputs:
         }
 
 
-def position_ids_from_mask(attention_mask: Tensor) -> Tensor:
-    """Positions that count real tokens only, so left-padded rows start at 0 like right-padded ones."""
-    return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
-
-
-def last_token_index(attention_mask: Tensor) -> Tensor:
-    """Index of each row's last real token, for either padding side; never looks at pad ids."""
-    positions = torch.arange(attention_mask.shape[-1], device=attention_mask.device)
-    return (positions * attention_mask.bool()).argmax(-1)
-
-
 class AlignmentModule(L.LightningModule):
     """Base of the preference modules: subclasses build models and turn a batch into ``PairOutputs``.
 
@@ -75,6 +65,11 @@ class AlignmentModule(L.LightningModule):
             after the last step always covers every pair.
         on_nonfinite: On a NaN or infinite loss or gradient, ``stop`` naming the step and the last good
             checkpoint, or ``skip`` the batch and count it in ``train/skipped_batches``.
+        shared_prompt: Run packed batches (``data.shared_prompt``) as one row per pair, the prompt
+            computed once, where the attention takes a 4D mask (``sdpa``, ``eager``); otherwise, or when
+            off, they are unpacked into separate chosen and rejected rows. Same numbers either way.
+        gradient_checkpointing: Recompute the trained model's activations in backward, trading about a
+            third more compute for much less activation memory.
     """
 
     extra_metrics: tuple[str, ...] = ()
@@ -91,6 +86,8 @@ class AlignmentModule(L.LightningModule):
         disable_dropout: bool = True,
         val_batches_during_fit: int | None = None,
         on_nonfinite: Literal["stop", "skip"] = "stop",
+        shared_prompt: bool = True,
+        gradient_checkpointing: bool = False,
     ) -> None:
         super().__init__()
         self.save_hyperparameters(ignore=["optimizer"])
@@ -112,6 +109,13 @@ class AlignmentModule(L.LightningModule):
             "attn_implementation": hp.attn_implementation,
             "trust_remote_code": hp.trust_remote_code,
         }
+
+    def prepare_trainable(self, model: nn.Module) -> nn.Module:
+        """Put a freshly loaded trained model in train mode (models load in eval mode), with the
+        configured gradient checkpointing."""
+        if self.hparams.gradient_checkpointing:
+            enable_gradient_checkpointing(model)
+        return model.train()
 
     def trainable_module(self) -> nn.Module:
         """The module whose parameters the optimizer updates."""

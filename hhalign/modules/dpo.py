@@ -9,16 +9,10 @@ from jsonargparse.typing import PositiveFloat
 from torch import Tensor, nn
 
 from hhalign.checkpointing import weights_fingerprint
+from hhalign.forward import model_inputs, response_logps
 from hhalign.loading import load_model
-from hhalign.losses import (
-    LENGTH_NORMALIZED_LOSSES,
-    LossType,
-    check_dpo_options,
-    dpo_loss,
-    implicit_rewards,
-    sequence_logps,
-)
-from hhalign.modules.base import AlignmentModule, PairOutputs, position_ids_from_mask
+from hhalign.losses import LENGTH_NORMALIZED_LOSSES, LossType, check_dpo_options, dpo_loss, implicit_rewards
+from hhalign.modules.base import AlignmentModule, PairOutputs
 
 REF_PREFIX = "ref."
 
@@ -55,7 +49,7 @@ class DPOModule(AlignmentModule):
         if self.policy is not None:
             return
         kwargs = self.load_kwargs()
-        self.policy = load_model(self.hparams.model_name_or_path, **kwargs)
+        self.policy = self.prepare_trainable(load_model(self.hparams.model_name_or_path, **kwargs))
         ref_path = self.hparams.ref_model_name_or_path or self.hparams.model_name_or_path
         self.ref = load_model(ref_path, **kwargs).eval().requires_grad_(False)
         self.train(self.training)
@@ -71,20 +65,13 @@ class DPOModule(AlignmentModule):
         assert self.policy is not None, "configure_model() has not run"
         return self.policy
 
-    @staticmethod
-    def _logps(model: nn.Module, batch: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
-        logits = model(
-            input_ids=batch["input_ids"],
-            attention_mask=batch["attention_mask"],
-            position_ids=position_ids_from_mask(batch["attention_mask"]),
-        ).logits
-        return sequence_logps(logits, batch["input_ids"], batch["loss_mask"])
-
     def pair_outputs(self, batch: dict[str, Tensor]) -> PairOutputs:
         assert self.ref is not None, "configure_model() has not run"
-        logps, n_tokens = self._logps(self.trainable_module(), batch)
+        policy = self.trainable_module()
+        inputs = model_inputs(policy, batch, self.hparams.shared_prompt)
+        logps, n_tokens = response_logps(policy, inputs)
         with torch.no_grad():
-            ref_logps, _ = self._logps(self.ref, batch)
+            ref_logps, _ = response_logps(self.ref, inputs)
         beta, loss_type = self.hparams.beta, self.hparams.loss_type
         if loss_type in LENGTH_NORMALIZED_LOSSES:
             per_token = n_tokens.clamp(min=1)

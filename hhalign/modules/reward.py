@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from typing import Any
 
-import torch
 from torch import Tensor, nn
 
+from hhalign.forward import last_hidden, model_inputs
 from hhalign.loading import load_model
 from hhalign.losses import bradley_terry_loss
-from hhalign.modules.base import AlignmentModule, PairOutputs, last_token_index, position_ids_from_mask
+from hhalign.modules.base import AlignmentModule, PairOutputs
 
 
 class RewardModule(AlignmentModule):
@@ -27,8 +27,8 @@ class RewardModule(AlignmentModule):
     def configure_model(self) -> None:
         if self.model is not None:
             return
-        self.model = load_model(self.hparams.model_name_or_path, head="reward", **self.load_kwargs())
-        self.model.train()
+        model = load_model(self.hparams.model_name_or_path, head="reward", **self.load_kwargs())
+        self.model = self.prepare_trainable(model)
 
     def trainable_module(self) -> nn.Module:
         assert self.model is not None, "configure_model() has not run"
@@ -46,16 +46,16 @@ class RewardModule(AlignmentModule):
         )
 
     def rewards(self, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
-        """Scalar reward of each row, ``(N,)`` float32, read at the last real token."""
+        """Scalar reward of each row, ``(N,)`` float32, read at its last real token."""
+        return self.batch_rewards({"input_ids": input_ids, "attention_mask": attention_mask})
+
+    def batch_rewards(self, batch: dict[str, Tensor]) -> Tensor:
+        """Rewards of the sequences of a batch of either layout, chosen first, ``(2B,)`` float32
+        (or one per row for plain rows without pairs)."""
         model = self.trainable_module()
-        backbone = getattr(model, model.base_model_prefix)
-        hidden = backbone(
-            input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids_from_mask(attention_mask)
-        ).last_hidden_state
-        last = hidden[torch.arange(hidden.shape[0], device=hidden.device), last_token_index(attention_mask)]
+        last = last_hidden(model, model_inputs(model, batch, self.hparams.shared_prompt))
         return self.score_head()(last).squeeze(-1).float()
 
     def pair_outputs(self, batch: dict[str, Tensor]) -> PairOutputs:
-        rewards = self.rewards(batch["input_ids"], batch["attention_mask"])
-        chosen, rejected = rewards.chunk(2)
+        chosen, rejected = self.batch_rewards(batch).chunk(2)
         return PairOutputs(bradley_terry_loss(chosen, rejected), chosen.detach(), rejected.detach())
