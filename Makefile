@@ -6,7 +6,7 @@ TINY := artifacts/tiny
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: help install demo test lint format clean
+.PHONY: help install demo test bench lint format clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "} {printf "  %-10s %s\n", $$1, $$2}'
@@ -30,6 +30,9 @@ demo: $(TINY)/config.json  ## train a reward model and DPO on the shipped data w
 
 test: install  ## run the test suite
 	$(BIN)/python -m pytest
+
+bench: install  ## speed and memory of DPO and RM training; ARGS="--peer trl" adds TRL on the same work
+	$(BIN)/python benchmarks/bench.py $(ARGS)
 
 lint: install  ## ruff check and format check
 	$(BIN)/ruff check .
