@@ -177,7 +177,8 @@ def ratios(rows: list[dict]) -> list[str]:
             continue
         same = abs(ours["first_loss"] - peer["first_loss"]) < 1e-4
         lines.append(
-            f"- DPO {ours['model']}, hhalign ({ours['settings']}) / TRL ({peer['settings']}): pairs/s = {ours['pairs_per_s'] / peer['pairs_per_s']:.2f}x, "
+            f"- DPO {ours['model']}, hhalign ({ours['settings']}) / TRL ({peer['settings']}): "
+            f"pairs/s = {ours['pairs_per_s'] / peer['pairs_per_s']:.2f}x, "
             f"peak memory = {ours['peak_rss_mb'] / peer['peak_rss_mb']:.2f}x; first-step loss "
             f"{ours['first_loss']:.6f} vs {peer['first_loss']:.6f} ({'same' if same else 'DIFFERENT'})"
         )
