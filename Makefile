@@ -24,9 +24,12 @@ install: $(BIN)/hhalign  ## create .venv and install hhalign with its dev tools
 $(TINY)/config.json: $(BIN)/hhalign
 	$(BIN)/hhalign make-tiny --out $(TINY) --size tiny
 
-demo: $(TINY)/config.json  ## train a reward model and DPO on the shipped data with the tiny model
-	$(BIN)/hhalign fit --config configs/tiny/rm.yaml --overwrite true
+demo: $(TINY)/config.json  ## the pipeline on the shipped data with the tiny model: SFT, then DPO and RM from it
+	$(BIN)/hhalign validate --config configs/tiny/sft.yaml --trial_name sft-base
+	$(BIN)/hhalign fit --config configs/tiny/sft.yaml --overwrite true
 	$(BIN)/hhalign fit --config configs/tiny/dpo.yaml --overwrite true
+	$(BIN)/hhalign fit --config configs/tiny/rm.yaml --overwrite true
+	$(BIN)/hhalign summary outputs/tiny/sft-base outputs/tiny/sft outputs/tiny/dpo outputs/tiny/rm
 
 test: install  ## run the test suite
 	$(BIN)/python -m pytest

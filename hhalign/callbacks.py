@@ -8,12 +8,11 @@ from typing import Any
 import lightning as L
 from lightning.pytorch.callbacks import Callback
 
-from hhalign.packing import batch_pairs
-
 
 class Throughput(Callback):
-    """Log pairs and real (non-pad) tokens per second of each training step, wall clock, and the
-    pairs seen so far (``train/pairs_seen``, kept in checkpoints so it survives resumes).
+    """Log examples (pairs, or sequences for SFT) and real (non-pad) tokens per second of each training
+    step, wall clock, and the examples and tokens seen so far (``train/pairs_seen``,
+    ``train/tokens_seen``; kept in checkpoints so they survive resumes).
 
     Logged in the step's own row (``train/pairs_per_sec``, ``train/tokens_per_sec``), so curves
     line up with the loss; the time covers forward, backward and the optimizer step.
@@ -21,13 +20,15 @@ class Throughput(Callback):
 
     def __init__(self) -> None:
         self._start = 0.0
-        self.pairs_seen = 0
+        self.pairs_seen = 0  # examples of any kind; the name predates SFT and is kept for checkpoints
+        self.tokens_seen = 0
 
     def state_dict(self) -> dict[str, Any]:
-        return {"pairs_seen": self.pairs_seen}
+        return {"pairs_seen": self.pairs_seen, "tokens_seen": self.tokens_seen}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.pairs_seen = state_dict["pairs_seen"]
+        self.tokens_seen = state_dict.get("tokens_seen", 0)
 
     def on_train_batch_start(
         self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int
@@ -38,16 +39,18 @@ class Throughput(Callback):
         self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int
     ) -> None:
         seconds = max(time.perf_counter() - self._start, 1e-9)
-        pairs = batch_pairs(batch)
-        self.pairs_seen += pairs
-        pl_module.log("train/pairs_seen", float(self.pairs_seen), on_step=True, on_epoch=False, batch_size=pairs)
-        pl_module.log(
-            "train/pairs_per_sec", pairs / seconds, on_step=True, on_epoch=False, prog_bar=True, batch_size=pairs
-        )
-        pl_module.log(
-            "train/tokens_per_sec",
-            float(batch["attention_mask"].sum()) / seconds,
-            on_step=True,
-            on_epoch=False,
-            batch_size=pairs,
-        )
+        examples = pl_module.examples_in(batch) if hasattr(pl_module, "examples_in") else len(batch["input_ids"])
+        name = getattr(pl_module, "example_name", "pairs")
+        tokens = int(batch["attention_mask"].sum())
+        self.pairs_seen += examples
+        self.tokens_seen += tokens
+        values = {
+            f"train/{name}_seen": float(self.pairs_seen),
+            "train/tokens_seen": float(self.tokens_seen),
+            f"train/{name}_per_sec": examples / seconds,
+            "train/tokens_per_sec": tokens / seconds,
+        }
+        for key, value in values.items():
+            pl_module.log(
+                key, value, on_step=True, on_epoch=False, prog_bar=key.endswith(f"{name}_per_sec"), batch_size=examples
+            )

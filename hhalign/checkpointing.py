@@ -7,6 +7,7 @@ import hashlib
 import os
 from array import array
 from collections.abc import Iterable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -19,9 +20,46 @@ from torch import nn
 
 from hhalign.errors import UserError
 
+FINGERPRINT_KEY = "hhalign_fingerprints"
+TRAINED_PREFIX = {"DPOModule": "policy.", "RewardModule": "model.", "SFTModule": "model."}
+"""Where each module keeps its trained model in the state dict (the DPO reference is never saved)."""
+
 
 class CheckpointError(UserError):
     """A checkpoint cannot be used for this run."""
+
+
+@dataclass
+class TrainedWeights:
+    """The trained model of an hhalign checkpoint: its weights without the module prefix, the model it
+    started from (``base``), and its head (``causal_lm`` or ``reward``)."""
+
+    path: str
+    module: str
+    base: str
+    head: str
+    step: int
+    state_dict: dict[str, torch.Tensor]
+
+
+def is_checkpoint_file(name_or_path: str) -> bool:
+    return str(name_or_path).endswith(".ckpt")
+
+
+def read_trained_weights(path: str) -> TrainedWeights:
+    """Read an hhalign ``.ckpt`` as a model to start from or to export."""
+    checkpoint = AtomicCheckpointIO().load_checkpoint(path)
+    module = checkpoint.get(FINGERPRINT_KEY, {}).get("module")
+    base = checkpoint.get("hyper_parameters", {}).get("model_name_or_path")
+    if module not in TRAINED_PREFIX or not base:
+        raise CheckpointError(
+            f"{path} holds no hhalign model (module {module!r}); give a checkpoint written by "
+            f"`hhalign fit` with one of {sorted(TRAINED_PREFIX)}, or an exported Hugging Face folder"
+        )
+    prefix = TRAINED_PREFIX[module]
+    state = {k[len(prefix) :]: v for k, v in checkpoint["state_dict"].items() if k.startswith(prefix)}
+    head = "reward" if module == "RewardModule" else "causal_lm"
+    return TrainedWeights(str(path), module, str(base), head, int(checkpoint["global_step"]), state)
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):

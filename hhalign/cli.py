@@ -22,10 +22,19 @@ from hhalign.data import PreferenceDataModule
 from hhalign.errors import UserError
 from hhalign.loggers import ResumableCSVLogger, ResumeLogs
 from hhalign.modules import AlignmentModule
+from hhalign.plot import PlotAtFitEnd
 from hhalign.preemption import Preempted, Preemption
+from hhalign.summary import RunSummary
 
 WANDB_ID_FILE = "wandb_run_id.txt"
-TOOLS = {"make-tiny": "hhalign.tiny:main"}
+TOOLS = {
+    "make-tiny": "hhalign.tiny:main",
+    "export": "hhalign.export:main",
+    "plot": "hhalign.plot:main",
+    "summary": "hhalign.summary:main",
+    "score": "hhalign.use:score",
+    "generate": "hhalign.use:generate",
+}
 """Subcommands that are not a Trainer method, mapped to ``module:function(argv)``."""
 
 
@@ -98,7 +107,9 @@ class HHAlignCLI(LightningCLI):
         trainer_config = self._get(self.config_init, "trainer", default={})
         if trainer_config.get("logger") in (None, True):
             kwargs["logger"] = self.default_loggers()
-        kwargs["callbacks"] = [*(trainer_config.get("callbacks") or []), ResumeLogs(), Preemption()]
+        # after the configured callbacks, so the curves and the summary see the export and the last rows
+        extra = [ResumeLogs(), Preemption(), PlotAtFitEnd(), RunSummary()]
+        kwargs["callbacks"] = [*(trainer_config.get("callbacks") or []), *extra]
         if not trainer_config.get("plugins"):
             kwargs["plugins"] = [AtomicCheckpointIO()]
         if trainer_config.get("default_root_dir") is None:

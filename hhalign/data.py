@@ -6,6 +6,7 @@ import json
 import logging
 import random
 from collections import Counter
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, Literal
 
@@ -15,6 +16,7 @@ from torch.utils.data import DataLoader
 from torchdata.stateful_dataloader import StatefulDataLoader
 
 from hhalign.checkpointing import sequences_fingerprint
+from hhalign.dialogues import DialogueCollator, DialogueTokenizer
 from hhalign.errors import ConfigError, DataError
 from hhalign.loading import load_tokenizer
 from hhalign.packing import SharedPromptCollator
@@ -72,12 +74,10 @@ def pair_length(pair: TokenizedPair, shared_prompt: bool = False) -> int:
     return len(pair.prompt) + max(len(pair.chosen), len(pair.rejected))
 
 
-def length_grouped_batches(
-    pairs: list[TokenizedPair], batch_size: int, seed: int, shared_prompt: bool = False
-) -> list[list[int]]:
+def length_grouped_batches(lengths: list[int], batch_size: int, seed: int) -> list[list[int]]:
     """Batches of similar length, in a seeded order: evaluation pads little, and its first
-    batches are a spread of lengths rather than the shortest pairs."""
-    order = sorted(range(len(pairs)), key=lambda i: pair_length(pairs[i], shared_prompt))
+    batches are a spread of lengths rather than the shortest examples."""
+    order = sorted(range(len(lengths)), key=lambda i: lengths[i])
     batches = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
     random.Random(seed).shuffle(batches)
     return batches
@@ -102,6 +102,9 @@ class PreferenceDataModule(L.LightningDataModule):
             so the prompt is computed once; off, chosen rows are stacked above rejected rows.
         group_by_length: Train on batches of pairs of similar length (less padding); each epoch is
             still a seeded permutation of the training pairs.
+        examples: ``pairs`` for RM and DPO, ``dialogues`` for SFT (each record's chosen dialogue, its
+            assistant turns the targets, ``max_length`` bounding the whole); by default, what the
+            module being trained reads.
     """
 
     def __init__(
@@ -121,6 +124,7 @@ class PreferenceDataModule(L.LightningDataModule):
         padding_side: Literal["right", "left"] = "right",
         shared_prompt: bool = True,
         group_by_length: bool = False,
+        examples: Literal["pairs", "dialogues"] | None = None,
         num_workers: int = 0,
         on_bad_record: OnBadRecord = "error",
         trust_remote_code: bool = False,
@@ -130,7 +134,7 @@ class PreferenceDataModule(L.LightningDataModule):
         self.train_pairs: list[TokenizedPair] = []
         self.val_pairs: list[TokenizedPair] = []
         self.summary: dict[str, Any] = {}
-        self.collator: PairCollator | SharedPromptCollator | None = None
+        self.collator: Any = None
         self.fingerprint = ""
 
     def _read(self, counts: Counter[str]) -> tuple[list[Record], list[Record]]:
@@ -149,23 +153,53 @@ class PreferenceDataModule(L.LightningDataModule):
         tokenizer = load_tokenizer(hp.tokenizer_name_or_path, hp.trust_remote_code)
         counts: Counter[str] = Counter()
         train_records, val_records = self._read(counts)
-        pair_tokenizer = PairTokenizer(tokenizer, hp.max_length, hp.max_response_length)
-        self.train_pairs = pair_tokenizer(train_records)
-        self.val_pairs = pair_tokenizer(val_records)
-        counts.update(pair_tokenizer.counts)
+        example_tokenizer = self.example_tokenizer(tokenizer)
+        self.train_pairs = example_tokenizer(train_records)
+        self.val_pairs = example_tokenizer(val_records)
+        counts.update(example_tokenizer.counts)
         if not self.train_pairs or not self.val_pairs:
             raise DataError(
-                f"no {'training' if not self.train_pairs else 'validation'} pairs left after tokenization "
+                f"no {'training' if not self.train_pairs else 'validation'} {self.example_kind} left after "
+                "tokenization "
                 f"(drops: {dict(counts)}); raise data.max_length (now {hp.max_length}) or check the data"
             )
         self.summary = self._summarize(len(train_records) + len(val_records) + counts["bad_record"], counts)
-        if hp.shared_prompt:
-            self.collator = SharedPromptCollator(tokenizer.pad_token_id)
-        else:
-            self.collator = PairCollator(tokenizer.pad_token_id, hp.padding_side)
-        self.fingerprint = sequences_fingerprint((p.prompt, p.chosen, p.rejected) for p in self.train_pairs)
+        self.collator = self.make_collator(tokenizer)
+        self.fingerprint = sequences_fingerprint(self.fingerprint_items(self.train_pairs))
         log.info("data: %s", json.dumps(self.summary))
         self._save_summary()
+
+    @property
+    def example_kind(self) -> str:
+        """``pairs`` or ``dialogues``: as configured, else what the module being trained reads."""
+        if self.hparams.examples is not None:
+            return self.hparams.examples
+        module = self.trainer.lightning_module if self.trainer is not None else None
+        return getattr(module, "examples", "pairs")
+
+    def example_tokenizer(self, tokenizer: Any) -> Any:
+        """Records to examples, with a ``counts`` Counter of cuts and drops."""
+        if self.example_kind == "dialogues":
+            return DialogueTokenizer(tokenizer, self.hparams.max_length)
+        return PairTokenizer(tokenizer, self.hparams.max_length, self.hparams.max_response_length)
+
+    def make_collator(self, tokenizer: Any) -> Any:
+        if self.example_kind == "dialogues":
+            return DialogueCollator(tokenizer.pad_token_id)
+        if self.hparams.shared_prompt:
+            return SharedPromptCollator(tokenizer.pad_token_id)
+        return PairCollator(tokenizer.pad_token_id, self.hparams.padding_side)
+
+    def fingerprint_items(self, examples: list) -> Iterable[tuple[list[int], ...]]:
+        if self.example_kind == "dialogues":
+            return ((d.ids, d.targets) for d in examples)
+        return ((p.prompt, p.chosen, p.rejected) for p in examples)
+
+    def example_length(self, example: Any) -> int:
+        """Padded width an example sets for its batch, for grouping by length."""
+        if self.example_kind == "dialogues":
+            return len(example.ids)
+        return pair_length(example, self.hparams.shared_prompt)
 
     def _summarize(self, read: int, counts: Counter[str]) -> dict[str, Any]:
         return {
@@ -200,7 +234,7 @@ class PreferenceDataModule(L.LightningDataModule):
 
     def _train_sampler(self, world: int, rank: int) -> ResumableShuffle:
         hp = self.hparams
-        lengths = [pair_length(p, hp.shared_prompt) for p in self.train_pairs] if hp.group_by_length else None
+        lengths = [self.example_length(p) for p in self.train_pairs] if hp.group_by_length else None
         return ResumableShuffle(len(self.train_pairs), world, rank, hp.shuffle_seed, lengths, hp.batch_size)
 
     def val_dataloader(self) -> DataLoader:
@@ -208,7 +242,7 @@ class PreferenceDataModule(L.LightningDataModule):
         world, rank = (trainer.world_size, trainer.global_rank) if trainer else (1, 0)
         # small enough that every process gets at least one batch: Lightning refuses an empty loader
         size = min(self.hparams.val_batch_size or self.hparams.batch_size, -(-len(self.val_pairs) // world))
-        order = length_grouped_batches(self.val_pairs, size, self.hparams.split_seed, self.hparams.shared_prompt)
+        order = length_grouped_batches([self.example_length(p) for p in self.val_pairs], size, self.hparams.split_seed)
         batches = [[self.val_pairs[i] for i in batch] for batch in order]
         # batch_size=None: each item is already a batch, and the collator turns it into tensors
         return DataLoader(

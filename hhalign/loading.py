@@ -6,8 +6,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch import nn
 from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
 
+from hhalign.checkpointing import TrainedWeights, is_checkpoint_file, read_trained_weights
 from hhalign.errors import ModelLoadError
 
 
@@ -28,8 +30,11 @@ def _check_exists(name_or_path: str, what: str) -> None:
 
 
 def load_tokenizer(name_or_path: str, trust_remote_code: bool = False) -> Any:
-    """Load a tokenizer and give it a pad token (EOS) when it has none: masks never rely on pad ids."""
+    """Load a tokenizer and give it a pad token (EOS) when it has none: masks never rely on pad ids.
+    For an hhalign ``.ckpt``, the tokenizer of the model that run started from."""
     _check_exists(name_or_path, "tokenizer")
+    if is_checkpoint_file(name_or_path):
+        return load_tokenizer(read_trained_weights(name_or_path).base, trust_remote_code)
     try:
         tokenizer = AutoTokenizer.from_pretrained(name_or_path, trust_remote_code=trust_remote_code)
     except (OSError, ValueError) as err:
@@ -62,8 +67,24 @@ def load_model(
     attn_implementation: str | None = None,
     trust_remote_code: bool = False,
 ) -> Any:
-    """Load a causal LM (``head="causal_lm"``) or a one-output scalar head (``head="reward"``)."""
+    """Load a causal LM (``head="causal_lm"``) or a one-output scalar head (``head="reward"``).
+
+    ``name_or_path`` may also be an hhalign ``.ckpt``: the model its run started from, with the trained
+    weights loaded over it, so a DPO or RM run can start from an SFT run without an export step.
+    """
     _check_exists(name_or_path, "model")
+    if is_checkpoint_file(name_or_path):
+        trained = read_trained_weights(name_or_path)
+        model = load_model(
+            trained.base,
+            head=head,
+            disable_dropout=disable_dropout,
+            dtype=dtype,
+            attn_implementation=attn_implementation,
+            trust_remote_code=trust_remote_code,
+        )
+        load_trained(model, trained, head)
+        return model
     overrides: dict[str, Any] = {"num_labels": 1} if head == "reward" else {}
     auto = AutoModelForSequenceClassification if head == "reward" else AutoModelForCausalLM
     try:
@@ -78,3 +99,23 @@ def load_model(
         )
     except (OSError, ValueError) as err:
         raise ModelLoadError(f"could not load model {name_or_path!r}: {err}") from err
+
+
+def load_trained(model: nn.Module, trained: TrainedWeights, head: str) -> None:
+    """Copy a checkpoint's trained weights into ``model``. A reward model may start from a causal LM
+    (its backbone; the LM head is dropped and the score head starts fresh), not the other way round."""
+    if trained.head == head:
+        model.load_state_dict(trained.state_dict, strict=True)
+        return
+    if trained.head == "reward":
+        raise ModelLoadError(
+            f"{trained.path} is a reward model ({trained.module}); a policy must start from a causal LM "
+            "checkpoint (SFT or DPO) or a Hugging Face folder"
+        )
+    missing, unexpected = model.load_state_dict(trained.state_dict, strict=False)
+    head_name = next((n for n in ("score", "classifier") if hasattr(model, n)), "score")
+    stray = [k for k in missing if not k.startswith(f"{head_name}.")] + [
+        k for k in unexpected if not k.startswith("lm_head.")
+    ]
+    if stray:
+        raise ModelLoadError(f"{trained.path} does not fit {type(model).__name__}: mismatched keys {stray[:5]}")

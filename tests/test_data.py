@@ -7,7 +7,7 @@ from pathlib import Path
 
 import torch
 
-from hhalign.data import PairCollator, PreferenceDataModule, length_grouped_batches
+from hhalign.data import PairCollator, PreferenceDataModule, length_grouped_batches, pair_length
 from hhalign.packing import batch_pairs
 from hhalign.pairs import TokenizedPair
 
@@ -83,9 +83,10 @@ def test_collator_left_padding_exact_tensors():
 
 def test_length_grouped_batches_partition_the_pairs():
     pairs = [TokenizedPair([1] * n, [2], [3]) for n in (9, 1, 5, 3, 7, 2, 8)]
-    batches = length_grouped_batches(pairs, 3, seed=0)
+    lengths = [pair_length(p) for p in pairs]
+    batches = length_grouped_batches(lengths, 3, seed=0)
     assert sorted(i for b in batches for i in b) == list(range(7))
-    assert batches == length_grouped_batches(pairs, 3, seed=0)
+    assert batches == length_grouped_batches(lengths, 3, seed=0)
     assert [1, 5, 3] in batches  # the three shortest pairs share a batch
 
 

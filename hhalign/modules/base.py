@@ -12,12 +12,12 @@ from torch import Tensor, nn
 from torchmetrics import MeanMetric
 from transformers import get_scheduler
 
-from hhalign.checkpointing import check_fingerprints, checkpoint_dir
+from hhalign.checkpointing import FINGERPRINT_KEY, check_fingerprints, checkpoint_dir
 from hhalign.errors import UserError
 from hhalign.forward import enable_gradient_checkpointing
+from hhalign.packing import batch_pairs
 
 STAGES = ("train", "val", "test")
-FINGERPRINT_KEY = "hhalign_fingerprints"
 SKIPPED_KEY = "hhalign_skipped_batches"
 PAIR_METRICS = ("loss", "reward_accuracy", "tie_rate", "reward_margin", "chosen_reward", "rejected_reward")
 ModelDtype = Literal["float32", "bfloat16", "float16", "auto"]
@@ -28,6 +28,16 @@ class DivergenceError(UserError):
 
 
 @dataclass
+class StepOutputs:
+    """One step's scalar ``loss`` (carrying the gradient) and its metrics as ``(values, weights)``,
+    averaged over items (weights None) or weighted (e.g. per-token losses weighted by token counts)."""
+
+    loss: Tensor
+    metrics: dict[str, tuple[Tensor, Tensor | None]]
+    batch_size: int
+
+
+@dataclass
 class PairOutputs:
     """Per-pair results of one step, each ``(B,)``; ``losses`` carries the gradient."""
 
@@ -35,6 +45,11 @@ class PairOutputs:
     chosen_rewards: Tensor
     rejected_rewards: Tensor
     extras: dict[str, Tensor] = field(default_factory=dict)
+
+    def step_outputs(self) -> StepOutputs:
+        return StepOutputs(
+            self.losses.mean(), {k: (v, None) for k, v in self.metric_values().items()}, len(self.losses)
+        )
 
     def metric_values(self) -> dict[str, Tensor]:
         chosen, rejected = self.chosen_rewards.detach().float(), self.rejected_rewards.detach().float()
@@ -72,7 +87,10 @@ class AlignmentModule(L.LightningModule):
             third more compute for much less activation memory.
     """
 
+    examples = "pairs"  # what the data module builds for this module: pairs, or dialogues for SFT
     extra_metrics: tuple[str, ...] = ()
+    progress_metrics: tuple[str, ...] = ("loss", "reward_accuracy")
+    example_name = "pairs"
 
     def __init__(
         self,
@@ -93,9 +111,12 @@ class AlignmentModule(L.LightningModule):
         self.save_hyperparameters(ignore=["optimizer"])
         self.optimizer_factory = optimizer
         self.skipped_batches = 0
-        names = PAIR_METRICS + self.extra_metrics
+        names = self.metric_names()
         for stage in STAGES:  # one metric object per stage, as torchmetrics expects for correct syncing
             setattr(self, f"{stage}_metrics", nn.ModuleDict({n: MeanMetric() for n in names}))
+
+    def metric_names(self) -> tuple[str, ...]:
+        return PAIR_METRICS + self.extra_metrics
 
     def stage_metrics(self, stage: str) -> nn.ModuleDict:
         return getattr(self, f"{stage}_metrics")
@@ -124,26 +145,32 @@ class AlignmentModule(L.LightningModule):
     def pair_outputs(self, batch: dict[str, Tensor]) -> PairOutputs:
         raise NotImplementedError
 
+    def step_outputs(self, batch: dict[str, Tensor]) -> StepOutputs:
+        """What a step computes; pair modules derive it from ``pair_outputs``."""
+        return self.pair_outputs(batch).step_outputs()
+
+    def examples_in(self, batch: dict[str, Tensor]) -> int:
+        """Training examples in a batch (pairs here), for throughput and progress."""
+        return batch_pairs(batch)
+
     def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor | None:
-        out = self.pair_outputs(batch)
-        loss = out.losses.mean()
-        finite = self._finite_or_skip(loss, "loss")
+        out = self.step_outputs(batch)
+        finite = self._finite_or_skip(out.loss, "loss")
         self.log("train/skipped_batches", float(self.skipped_batches), on_step=True, on_epoch=False)
         if not finite:
             return None  # Lightning then skips backward and the optimizer step on every rank
-        pairs = out.losses.shape[0]
-        for name, values in out.metric_values().items():
+        for name, (values, weights) in out.metrics.items():
             metric = self.stage_metrics("train")[name]
-            metric(values)
+            metric(values.detach().float(), 1.0 if weights is None else weights)
             self.log(
                 f"train/{name}",
                 metric,
                 on_step=True,
                 on_epoch=False,
-                batch_size=pairs,
-                prog_bar=name in ("loss", "reward_accuracy"),
+                batch_size=out.batch_size,
+                prog_bar=name in self.progress_metrics,
             )
-        return loss
+        return out.loss
 
     def _finite_or_skip(self, value: Tensor, what: str) -> bool:
         """Agree across processes whether ``value`` is finite; if not, stop or count a skipped batch."""
@@ -163,17 +190,17 @@ class AlignmentModule(L.LightningModule):
     def _evaluation_step(self, stage: str, batch: dict[str, Tensor], batch_idx: int) -> None:
         if stage == "val" and self._bounded_validation() and batch_idx >= self.hparams.val_batches_during_fit:
             return
-        out = self.pair_outputs(batch)
-        for name, values in out.metric_values().items():
+        out = self.step_outputs(batch)
+        for name, (values, weights) in out.metrics.items():
             metric = self.stage_metrics(stage)[name]
-            metric.update(values)
+            metric.update(values.detach().float(), 1.0 if weights is None else weights)
             self.log(
                 f"{stage}/{name}",
                 metric,
                 on_step=False,
                 on_epoch=True,
-                batch_size=out.losses.shape[0],
-                prog_bar=name == "reward_accuracy",
+                batch_size=out.batch_size,
+                prog_bar=name == self.progress_metrics[-1],
             )
 
     def validation_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:

@@ -1,0 +1,106 @@
+"""SFT examples: a chosen hh-rlhf dialogue whose assistant turns are the targets.
+
+Each turn is tokenized on its own and the pieces concatenated, so the target mask follows the turn
+boundaries exactly; the human turns, the role markers and the padding carry no loss.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import Counter
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from hhalign.pairs import ASSISTANT, HUMAN, _leading_bos
+from hhalign.records import Record
+
+_MARKERS = re.compile(f"({re.escape(HUMAN)}|{re.escape(ASSISTANT)})")
+
+
+@dataclass(frozen=True)
+class TokenizedDialogue:
+    """Token ids of a dialogue and, aligned with them, 1 on assistant-turn tokens (EOS included)."""
+
+    ids: list[int]
+    targets: list[int]
+
+
+def dialogue_pieces(text: str) -> list[tuple[str, bool]]:
+    """``(text, is_target)`` pieces of a dialogue: markers and human turns are context, assistant
+    turns are targets. Concatenated, the pieces give back ``text``."""
+    pieces, role = [], None
+    for part in _MARKERS.split(text):
+        if part in (HUMAN, ASSISTANT):
+            role = part
+            pieces.append((part, False))
+        elif part:
+            pieces.append((part, role == ASSISTANT))
+    return pieces
+
+
+class DialogueTokenizer:
+    """Tokenize chosen dialogues for SFT, counting cuts and drops like ``PairTokenizer``.
+
+    A dialogue over ``max_length`` loses whole human turns from the left (BOS kept); if its last
+    exchange alone is too long it is cut at ``max_length`` and gets no EOS.
+    """
+
+    def __init__(self, tokenizer: Any, max_length: int) -> None:
+        self.tokenizer = tokenizer
+        self.max_length = max_length
+        self.bos = _leading_bos(tokenizer)
+        self.counts: Counter[str] = Counter()
+
+    def _tokenize(self, pieces: list[tuple[str, bool]]) -> TokenizedDialogue:
+        ids, targets = list(self.bos), [0] * len(self.bos)
+        encoded = self.tokenizer([text for text, _ in pieces], add_special_tokens=False)["input_ids"]
+        for piece_ids, (_, is_target) in zip(encoded, pieces, strict=True):
+            ids += piece_ids
+            targets += [int(is_target)] * len(piece_ids)
+        if pieces[-1][1]:  # the dialogue ends with an assistant turn: it ended
+            ids.append(self.tokenizer.eos_token_id)
+            targets.append(1)
+        return TokenizedDialogue(ids, targets)
+
+    def __call__(self, records: list[Record]) -> list[TokenizedDialogue]:
+        dialogues = []
+        for record in records:
+            text = record.chosen if record.prompt is None else record.prompt + record.chosen
+            pieces = dialogue_pieces(text)
+            if not any(is_target and text.strip() for text, is_target in pieces):
+                self.counts["drop:no_assistant_turn"] += 1
+                continue
+            dialogue = self._tokenize(pieces)
+            starts = [i for i, (text, _) in enumerate(pieces) if text == HUMAN and i > 0]
+            while len(dialogue.ids) > self.max_length and starts:
+                dialogue = self._tokenize(pieces[starts.pop(0) :])
+                self.counts["cut:dialogue_turns"] += 1
+            if len(dialogue.ids) > self.max_length:
+                dialogue = TokenizedDialogue(dialogue.ids[: self.max_length], dialogue.targets[: self.max_length])
+                self.counts["cut:dialogue_end"] += 1
+            if not any(dialogue.targets):
+                self.counts["drop:no_target_after_truncation"] += 1
+                continue
+            dialogues.append(dialogue)
+        return dialogues
+
+
+class DialogueCollator:
+    """Right-padded ``input_ids``, ``attention_mask`` and ``loss_mask``, each ``(B, T)``, masks from lengths."""
+
+    def __init__(self, pad_token_id: int) -> None:
+        self.pad_token_id = pad_token_id
+
+    def __call__(self, dialogues: list[TokenizedDialogue]) -> dict[str, Tensor]:
+        width = max(len(d.ids) for d in dialogues)
+        input_ids = torch.full((len(dialogues), width), self.pad_token_id, dtype=torch.long)
+        attention_mask = torch.zeros_like(input_ids)
+        loss_mask = torch.zeros_like(input_ids)
+        for i, d in enumerate(dialogues):
+            input_ids[i, : len(d.ids)] = torch.tensor(d.ids)
+            attention_mask[i, : len(d.ids)] = 1
+            loss_mask[i, : len(d.ids)] = torch.tensor(d.targets)
+        return {"input_ids": input_ids, "attention_mask": attention_mask, "loss_mask": loss_mask}

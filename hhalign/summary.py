@@ -1,0 +1,104 @@
+"""The one-screen summary at the end of ``fit`` (also saved as ``summary.json``), and
+``hhalign summary DIR…``, a table of the final validation numbers of several runs."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+from lightning.pytorch.callbacks import Callback, ModelCheckpoint
+
+from hhalign.errors import UserError
+
+SUMMARY_FILE = "summary.json"
+TABLE_METRICS = ("val/reward_accuracy", "val/reward_margin", "val/chosen_reward", "val/rejected_reward", "val/loss")
+
+
+def _number(value: Any) -> float | None:
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return None
+    return number if math.isfinite(number) else None
+
+
+class RunSummary(Callback):
+    """Print where everything is and how the run ended; runs after the export and plot callbacks."""
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: Any) -> None:
+        if trainer.state.fn == "validate":  # `hhalign validate`: the numbers of the weights as given
+            self.on_fit_end(trainer, pl_module)
+
+    def on_fit_end(self, trainer: L.Trainer, pl_module: Any) -> None:
+        if not trainer.is_global_zero:
+            return
+        run_dir = Path(trainer.default_root_dir)
+        final = {k: _number(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
+        summary: dict[str, Any] = {
+            "module": type(pl_module).__name__,
+            "model": pl_module.hparams.model_name_or_path,
+            "steps": trainer.global_step,
+            "final_validation": {k: v for k, v in sorted(final.items()) if v is not None},
+            "run_dir": str(run_dir),
+            "metrics": str(run_dir / "metrics.csv"),
+        }
+        if trainer.state.fn == "validate":
+            summary["validated_checkpoint"] = trainer.ckpt_path
+        for callback in trainer.checkpoint_callbacks if trainer.state.fn == "fit" else []:
+            best_score = _number(callback.best_model_score) if isinstance(callback, ModelCheckpoint) else None
+            if isinstance(callback, ModelCheckpoint) and callback.monitor and best_score is not None:
+                summary["best"] = {
+                    "metric": callback.monitor,
+                    "value": best_score,
+                    "checkpoint": callback.best_model_path,
+                }
+            if isinstance(callback, ModelCheckpoint) and callback.last_model_path:
+                summary["last_checkpoint"] = callback.last_model_path
+        for callback in trainer.callbacks:
+            if type(callback).__name__ == "ExportAtFitEnd":
+                summary["export"] = str(callback.dirpath or run_dir / "export")
+        if trainer.state.fn == "fit" and (run_dir / "curves.png").exists():
+            summary["curves"] = str(run_dir / "curves.png")
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / SUMMARY_FILE).write_text(json.dumps(summary, indent=2) + "\n")
+        pl_module.print(format_summary(summary))
+
+
+def format_summary(summary: dict[str, Any]) -> str:
+    lines = [f"== hhalign: {summary['module']} on {summary['model']}, {summary['steps']} training steps =="]
+    for key, value in summary["final_validation"].items():
+        lines.append(f"  {key:<24} {value:.4f}")
+    if best := summary.get("best"):
+        lines.append(f"  best {best['metric']} = {best['value']:.4f}: {best['checkpoint']}")
+    for key in ("validated_checkpoint", "last_checkpoint", "curves", "export", "metrics"):
+        if key in summary:
+            lines.append(f"  {key.replace('_', ' '):<16} {summary[key]}")
+    return "\n".join(lines)
+
+
+def summary_table(run_dirs: list[str]) -> str:
+    """A markdown table of the final validation of each run directory that holds a summary."""
+    rows = []
+    for run_dir in run_dirs:
+        path = Path(run_dir) / SUMMARY_FILE
+        if not path.is_file():
+            raise UserError(f"{path} does not exist; give run directories of finished `hhalign fit` runs")
+        rows.append(json.loads(path.read_text()))
+    columns = [m for m in (*TABLE_METRICS, "val/perplexity") if any(m in r["final_validation"] for r in rows)]
+    lines = ["| run | module | model | steps | " + " | ".join(columns) + " |", "|---" * (4 + len(columns)) + "|"]
+    for r in rows:
+        values = [r["final_validation"].get(m) for m in columns]
+        cells = ["" if v is None else f"{v:.4f}" for v in values]
+        name = "/".join(Path(r["run_dir"]).parts[-2:])
+        lines.append(f"| {name} | {r['module']} | {r['model']} | {r['steps']} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="hhalign summary", description=__doc__)
+    parser.add_argument("run_dirs", nargs="+", help="run directories of finished fits")
+    print(summary_table(parser.parse_args(argv).run_dirs))

@@ -1,0 +1,113 @@
+"""Using trained models: ``hhalign score`` (rewards of responses, accuracy over pairs) and
+``hhalign generate`` (a policy's reply). Both read exported folders or hhalign ``.ckpt`` files and
+format text exactly as training did: an hh-rlhf prompt with BOS, the response, then EOS."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from collections import Counter
+from typing import Any
+
+import torch
+
+from hhalign.errors import DataError
+from hhalign.loading import load_model, load_tokenizer
+from hhalign.modules import RewardModule
+from hhalign.pairs import ASSISTANT, HUMAN, PairTokenizer, TokenizedPair
+from hhalign.records import read_local
+
+
+def as_prompt(text: str) -> str:
+    """A bare question becomes a one-turn hh-rlhf prompt ending where the assistant speaks."""
+    if HUMAN in text or ASSISTANT in text:
+        return text if text.rstrip().endswith(ASSISTANT.strip()) else text + ASSISTANT
+    return f"{HUMAN} {text}{ASSISTANT}"
+
+
+def _rows(pairs: list[TokenizedPair]) -> list[list[int]]:
+    return [p.prompt + p.chosen for p in pairs] + [p.prompt + p.rejected for p in pairs]
+
+
+@torch.no_grad()
+def rewards(module: RewardModule, sequences: list[list[int]], batch_size: int = 16) -> list[float]:
+    """Reward of each token sequence, read at its last token as in training (one padded batch at a time)."""
+    out: list[float] = []
+    for start in range(0, len(sequences), batch_size):
+        chunk = sequences[start : start + batch_size]
+        width = max(len(s) for s in chunk)
+        input_ids = torch.zeros(len(chunk), width, dtype=torch.long)
+        attention_mask = torch.zeros_like(input_ids)
+        for i, s in enumerate(chunk):
+            input_ids[i, : len(s)] = torch.tensor(s)
+            attention_mask[i, : len(s)] = 1
+        out += module.rewards(input_ids, attention_mask).tolist()
+    return out
+
+
+def score(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="hhalign score", description="Rewards from a trained reward model.")
+    parser.add_argument("--model", required=True, help="exported reward-model folder or RewardModule .ckpt")
+    parser.add_argument("--prompt", help="a question or an hh-rlhf dialogue prefix")
+    parser.add_argument("--response", action="append", default=[], help="a response to score (repeatable)")
+    parser.add_argument("--pairs", help="JSONL of pairs (hh-rlhf or prompt/chosen/rejected): prints accuracy")
+    parser.add_argument("--max-length", type=int, default=2048)
+    args = parser.parse_args(argv)
+    if bool(args.pairs) == bool(args.prompt and args.response):
+        parser.error("give --pairs FILE, or --prompt and at least one --response")
+    tokenizer = load_tokenizer(args.model)
+    module = RewardModule(args.model)
+    module.configure_model()
+    module.eval()
+    tokenize = PairTokenizer(tokenizer, args.max_length)
+    if args.pairs:
+        pairs = tokenize(read_local(args.pairs, "error", Counter()))
+        if not pairs:
+            raise DataError(f"{args.pairs}: no usable pairs (drops: {dict(tokenize.counts)})")
+        values = rewards(module, _rows(pairs))
+        chosen, rejected = values[: len(pairs)], values[len(pairs) :]
+        for c, r in zip(chosen, rejected, strict=True):
+            print(json.dumps({"chosen_reward": round(c, 6), "rejected_reward": round(r, 6)}))
+        accuracy = sum(c > r for c, r in zip(chosen, rejected, strict=True)) / len(pairs)
+        print(f"pairs: {len(pairs)}  preference accuracy: {accuracy:.4f}  dropped: {dict(tokenize.counts)}")
+        return
+    prompt_ids = tokenize.bos + tokenizer(as_prompt(args.prompt), add_special_tokens=False)["input_ids"]
+    responses = tokenizer(args.response, add_special_tokens=False)["input_ids"]
+    values = rewards(module, [prompt_ids + ids + [tokenizer.eos_token_id] for ids in responses])
+    for text, value in zip(args.response, values, strict=True):
+        print(json.dumps({"response": text, "reward": round(value, 6)}))
+
+
+@torch.no_grad()
+def generate_reply(
+    model: Any, tokenizer: Any, prompt: str, max_new_tokens: int, temperature: float, top_p: float
+) -> str:
+    bos = PairTokenizer(tokenizer, 1).bos
+    ids = torch.tensor([bos + tokenizer(as_prompt(prompt), add_special_tokens=False)["input_ids"]])
+    sampling = (
+        {"do_sample": True, "temperature": temperature, "top_p": top_p} if temperature > 0 else {"do_sample": False}
+    )
+    out = model.generate(
+        input_ids=ids,
+        attention_mask=torch.ones_like(ids),
+        max_new_tokens=max_new_tokens,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        **sampling,
+    )
+    return tokenizer.decode(out[0, ids.shape[1] :], skip_special_tokens=True)
+
+
+def generate(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="hhalign generate", description="A reply from a trained policy.")
+    parser.add_argument("--model", required=True, help="exported policy folder or SFT/DPO .ckpt")
+    parser.add_argument("--prompt", required=True, help="a question or an hh-rlhf dialogue prefix")
+    parser.add_argument("--max-new-tokens", type=int, default=128)
+    parser.add_argument("--temperature", type=float, default=0.0, help="0 (the default) decodes greedily")
+    parser.add_argument("--top-p", type=float, default=1.0)
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    torch.manual_seed(args.seed)
+    model = load_model(args.model).eval()
+    tokenizer = load_tokenizer(args.model)
+    print(generate_reply(model, tokenizer, args.prompt, args.max_new_tokens, args.temperature, args.top_p))

@@ -1,0 +1,208 @@
+"""base → SFT → DPO/RM: dialogue targets, the SFT loss, chaining from a checkpoint, export and curves."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
+
+from hhalign.cli import main
+from hhalign.data import PreferenceDataModule
+from hhalign.dialogues import DialogueCollator, DialogueTokenizer, dialogue_pieces
+from hhalign.export import export_checkpoint
+from hhalign.forward import position_ids_from_mask
+from hhalign.losses import sequence_logps
+from hhalign.modules import DPOModule, RewardModule, SFTModule
+from hhalign.plot import plot_run
+from hhalign.records import Record
+from tests.conftest import tiny_args
+
+DIALOGUE = "\n\nHuman: hi there\n\nAssistant: hello!\n\nHuman: how are you?\n\nAssistant: fine, thanks."
+
+
+def test_dialogue_pieces_mark_assistant_turns_only():
+    pieces = dialogue_pieces(DIALOGUE)
+    assert "".join(text for text, _ in pieces) == DIALOGUE
+    assert [text for text, target in pieces if target] == [" hello!", " fine, thanks."]
+
+
+def test_dialogue_targets_are_the_assistant_tokens_and_the_eos(tokenizer):
+    [dialogue] = DialogueTokenizer(tokenizer, max_length=256)([Record(DIALOGUE, "x", None, "t")])
+    targets = [i for i, t in zip(dialogue.ids, dialogue.targets, strict=True) if t]
+    assert targets[-1] == tokenizer.eos_token_id and dialogue.ids[-1] == tokenizer.eos_token_id
+    assert tokenizer.decode(targets[:-1]) == " hello! fine, thanks."
+    context = [i for i, t in zip(dialogue.ids, dialogue.targets, strict=True) if not t]
+    assert "how are you?" in tokenizer.decode(context) and "hello" not in tokenizer.decode(context)
+
+
+def test_long_dialogue_loses_its_first_turns(tokenizer):
+    tokenize = DialogueTokenizer(tokenizer, max_length=20)  # 33 tokens whole, 18 from the second turn
+    [dialogue] = tokenize([Record(DIALOGUE, "x", None, "t")])
+    assert len(dialogue.ids) <= 20 and "fine" in tokenizer.decode(dialogue.ids)
+    assert "hi there" not in tokenizer.decode(dialogue.ids) and tokenize.counts["cut:dialogue_turns"] == 1
+
+
+def test_sft_loss_is_the_token_mean_of_target_cross_entropy(tiny_dir: Path, tokenizer):
+    records = [Record(DIALOGUE, "x", None, "a"), Record(DIALOGUE.replace("fine", "great"), "x", None, "b")]
+    batch = DialogueCollator(tokenizer.pad_token_id)(DialogueTokenizer(tokenizer, 256)(records))
+    module = SFTModule(str(tiny_dir))
+    module.configure_model()
+    out = module.step_outputs(batch)
+    with torch.no_grad():
+        logits = module.model(
+            input_ids=batch["input_ids"],
+            attention_mask=batch["attention_mask"],
+            position_ids=position_ids_from_mask(batch["attention_mask"]),
+        ).logits
+    logps, n_tokens = sequence_logps(logits, batch["input_ids"], batch["loss_mask"])
+    torch.testing.assert_close(out.loss.detach(), -logps.sum() / n_tokens.sum())
+    assert math.log(4096) - 0.5 < out.loss.item() < math.log(4096) + 0.5  # a random model: about uniform
+
+
+def test_data_module_builds_dialogues_for_sft(tiny_dir: Path, small_jsonl: Path):
+    data = PreferenceDataModule(str(small_jsonl), str(tiny_dir), max_length=256, examples="dialogues")
+    data.setup("fit")
+    batch = next(iter(data.train_dataloader()))
+    assert set(batch) == {"input_ids", "attention_mask", "loss_mask"} and batch["input_ids"].shape[0] == 8
+    assert (batch["loss_mask"] <= batch["attention_mask"]).all() and batch["loss_mask"].sum() > 0
+
+
+def _fit(tmp_path: Path, tiny_dir: Path | str, data: Path, config: str, trial: str, *extra: str) -> Path:
+    main(
+        tiny_args(
+            "fit", config, Path(tiny_dir), data, tmp_path, "--trial_name", trial,
+            "--trainer.max_steps", "4", "--trainer.val_check_interval", "2", *extra,
+        )
+    )  # fmt: skip
+    return tmp_path / "tiny" / trial
+
+
+@pytest.fixture(scope="module")
+def sft_run(tmp_path_factory: pytest.TempPathFactory, tiny_dir: Path) -> Path:
+    from tests.conftest import shipped_records, write_jsonl
+
+    tmp_path = tmp_path_factory.mktemp("pipeline")
+    data = write_jsonl(tmp_path / "pairs.jsonl", shipped_records(48))
+    return _fit(tmp_path, tiny_dir, data, "configs/tiny/sft.yaml", "sft")
+
+
+@pytest.mark.slow
+def test_sft_fit_writes_curves_summary_and_export(sft_run: Path):
+    with open(sft_run / "metrics.csv") as handle:
+        rows = list(csv.DictReader(handle))
+    losses = [float(r["train/loss"]) for r in rows if r.get("train/loss")]
+    assert len(losses) == 4 and losses[-1] < losses[0]
+    assert any(r.get("val/perplexity") for r in rows) and any(r.get("train/tokens_seen") for r in rows)
+    summary = json.loads((sft_run / "summary.json").read_text())
+    assert summary["module"] == "SFTModule" and summary["steps"] == 4
+    final = summary["final_validation"]
+    assert math.isclose(final["val/perplexity"], math.exp(final["val/loss"]), rel_tol=1e-4)
+    assert (sft_run / "curves.png").stat().st_size > 10_000
+    exported = {p.name for p in (sft_run / "export").iterdir()}
+    assert {"config.json", "model.safetensors", "tokenizer.json"} <= exported
+
+
+@pytest.mark.slow
+def test_dpo_and_rm_start_from_an_sft_checkpoint(sft_run: Path):
+    ckpt = str(sft_run / "checkpoints" / "last.ckpt")
+    sft = torch.load(ckpt, map_location="cpu", weights_only=True)["state_dict"]
+    dpo = DPOModule(ckpt)
+    dpo.configure_model()
+    for name, value in dpo.policy.state_dict().items():
+        assert torch.equal(value, sft[f"model.{name}"]), name
+        assert torch.equal(dpo.ref.state_dict()[name], value), name  # the reference defaults to the same weights
+    rm = RewardModule(ckpt)
+    rm.configure_model()
+    backbone = rm.model.model.state_dict()
+    assert all(torch.equal(v, sft[f"model.model.{k}"]) for k, v in backbone.items())
+
+
+@pytest.mark.slow
+def test_export_reloads_with_plain_transformers_and_matches(
+    sft_run: Path, tmp_path: Path, tiny_dir: Path, small_jsonl: Path, tokenizer
+):
+    # a causal LM: per-sequence log-probs of the exported folder equal the checkpoint's
+    ckpt = sft_run / "checkpoints" / "last.ckpt"
+    out = export_checkpoint(str(ckpt), str(tmp_path / "sft-export"))
+    records = [Record(DIALOGUE, "x", None, "a"), Record(DIALOGUE.replace("fine", "great"), "x", None, "b")]
+    batch = DialogueCollator(tokenizer.pad_token_id)(DialogueTokenizer(tokenizer, 256)(records))
+    module = SFTModule(str(ckpt))
+    module.configure_model()
+    module.eval()
+    plain = AutoModelForCausalLM.from_pretrained(out).eval()
+    with torch.no_grad():
+        expected = module.step_outputs(batch).metrics["loss"][0]
+        logits = plain(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+        logps, n = sequence_logps(logits, batch["input_ids"], batch["loss_mask"])
+    torch.testing.assert_close(-logps / n, expected, rtol=1e-5, atol=1e-5)
+    # a reward model: one unpadded sequence at a time, plain transformers reads the EOS as we do
+    run_dir = _fit(tmp_path, tiny_dir, small_jsonl, "configs/tiny/rm.yaml", "rm")
+    rm_ckpt = run_dir / "checkpoints" / "last.ckpt"
+    rm_out = export_checkpoint(str(rm_ckpt), str(tmp_path / "rm-export"))
+    rm = RewardModule(str(rm_ckpt))
+    rm.configure_model()
+    rm.eval()
+    scorer = AutoModelForSequenceClassification.from_pretrained(rm_out).eval()
+    assert not any(k.startswith("ref") for k in scorer.state_dict())
+    with torch.no_grad():
+        for row, mask in zip(batch["input_ids"], batch["attention_mask"], strict=True):
+            ids = row[mask.bool()][None]
+            theirs = scorer(input_ids=ids).logits[0, 0]
+            torch.testing.assert_close(theirs, rm.rewards(ids, torch.ones_like(ids))[0], rtol=1e-5, atol=1e-5)
+    info = json.loads((rm_out / "hhalign_export.json").read_text())
+    assert info["module"] == "RewardModule" and info["step"] == 4
+
+
+def test_plot_draws_every_dpo_panel(tmp_path: Path):
+    import matplotlib.image
+
+    run_dir = tmp_path / "exp" / "run"
+    run_dir.mkdir(parents=True)
+    names = ["loss", "reward_accuracy", "reward_margin", "chosen_reward", "rejected_reward", "logps_chosen"]
+    columns = ["step"] + [f"{stage}/{n}" for stage in ("train", "val") for n in names]
+    with open(run_dir / "metrics.csv", "w", newline="") as handle:
+        writer = csv.DictWriter(handle, columns)
+        writer.writeheader()
+        for step in range(40):
+            writer.writerow({"step": step, **{f"train/{n}": math.sin(step / 5) + step / 40 for n in names}})
+            if step % 10 == 9:
+                writer.writerow({"step": step, **{f"val/{n}": step / 40 for n in names}})
+    image = matplotlib.image.imread(plot_run(run_dir))
+    assert image.shape[0] > 300 and image.shape[1] > 800
+    assert image[..., :3].std() > 0.05  # drawn, not blank
+
+
+@pytest.mark.slow
+def test_score_and_generate_use_the_training_format(
+    sft_run: Path, tmp_path: Path, tiny_dir: Path, small_jsonl: Path, tokenizer, capsys: pytest.CaptureFixture[str]
+):
+    from hhalign.packing import SharedPromptCollator
+    from hhalign.pairs import PairTokenizer
+    from hhalign.records import read_local
+
+    main(["generate", "--model", str(sft_run / "export"), "--prompt", "How do I bake bread?", "--max-new-tokens", "8"])
+    main(["generate", "--model", str(sft_run / "export"), "--prompt", "How do I bake bread?", "--max-new-tokens", "8"])
+    first, second = capsys.readouterr().out.rstrip("\n").split("\n")[-2:]
+    assert first == second and first.strip()  # greedy by default: the same reply twice
+    run_dir = _fit(tmp_path, tiny_dir, small_jsonl, "configs/tiny/rm.yaml", "rm")
+    ckpt = str(run_dir / "checkpoints" / "last.ckpt")
+    main(["score", "--model", ckpt, "--pairs", str(small_jsonl), "--max-length", "128"])
+    lines = capsys.readouterr().out.strip().split("\n")
+    scored = [json.loads(line) for line in lines if line.startswith("{")]
+    assert lines[-1].startswith(f"pairs: {len(scored)}  preference accuracy: ")
+    # the same numbers as the module computes on a training batch of the same pairs
+    from collections import Counter
+
+    pairs = PairTokenizer(tokenizer, 128)(read_local(str(small_jsonl), "error", Counter()))[:4]
+    module = RewardModule(ckpt)
+    module.configure_model()
+    module.eval()
+    with torch.no_grad():
+        out = module.pair_outputs(SharedPromptCollator(tokenizer.pad_token_id)(pairs))
+    expected = [s["chosen_reward"] for s in scored[:4]]
+    torch.testing.assert_close(out.chosen_rewards, torch.tensor(expected), rtol=1e-4, atol=1e-5)
