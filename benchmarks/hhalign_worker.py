@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import tempfile
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -82,6 +83,7 @@ def main() -> None:
         limit_val_batches=0,
         num_sanity_val_steps=0,
         callbacks=[Recorder(result, clock)],
+        default_root_dir=tempfile.mkdtemp(prefix="hhalign-bench-"),  # the data summary lands there
     )
     trainer.fit(module, data)
     result.seconds = clock.seconds()
