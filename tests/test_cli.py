@@ -103,7 +103,8 @@ def test_dpo_fit_end_to_end(tmp_path: Path, tiny_dir: Path, small_jsonl: Path):
     val = [r for r in rows if r.get("val/reward_accuracy")]
     assert len(val) == 2 and all(0 <= float(r["val/reward_accuracy"]) <= 1 for r in val)
     assert any(r.get("lr-AdamW") for r in rows)
-    assert {"config.yaml", "data_summary.json", "metrics.csv"} <= {p.name for p in run_dir.iterdir()}
+    written = {p.name for p in run_dir.iterdir()}
+    assert {"config.yaml", "data_summary.json", "metrics.csv", "curves.png", "summary.json", "export"} <= written
     assert (run_dir / "checkpoints" / "last.ckpt").exists()
 
 
