@@ -196,6 +196,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--peer", choices=["trl"], help="also run TRL's DPOTrainer on the same work")
     parser.add_argument("--ablation", action="store_true", help="also run hhalign without packing and grouping")
+    parser.add_argument("--lora", action="store_true", help="also run hhalign DPO with LoRA (rank 8) adapters")
     parser.add_argument("--work-dir", default=str(HERE / "work"))
     parser.add_argument("--out", default=str(HERE / "results"))
     args = parser.parse_args()
@@ -218,6 +219,7 @@ def main() -> None:
     for repeat in range(args.repeats):
         for size, task in ((s, t) for s in args.models for t in args.tasks):
             jobs = [("hhalign", HHALIGN_SETTINGS)] + ([("hhalign", "plain")] if args.ablation else [])
+            jobs += [("hhalign", HHALIGN_SETTINGS + "+lora")] if args.lora and task == "dpo" else []
             jobs += [("trl", TRL_SETTINGS)] if trl_python and task == "dpo" else []
             for tool, settings in jobs:
                 result_file = work / f"{tool}-{task}-{size}-{settings}-{repeat}.json"

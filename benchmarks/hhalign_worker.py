@@ -55,7 +55,8 @@ def main() -> None:
     for name in ("--batch-size", "--max-length", "--steps", "--warmup"):
         parser.add_argument(name, type=int, required=True)
     args = parser.parse_args()
-    packed = args.settings in ("shared_prompt", "shared_prompt+grouped")
+    packed = args.settings.startswith("shared_prompt")
+    lora = {"lora_rank": 8, "lora_alpha": 16.0} if args.settings.endswith("+lora") else {}
     data = PreferenceDataModule(
         path=args.data,
         tokenizer_name_or_path=args.model,
@@ -63,11 +64,13 @@ def main() -> None:
         max_length=args.max_length,
         batch_size=args.batch_size,
         shared_prompt=packed,
-        group_by_length=args.settings.endswith("grouped"),
+        group_by_length="grouped" in args.settings,
     )
     optimizer = partial(torch.optim.AdamW, lr=1e-5)
     if args.task == "dpo":
-        module: Any = DPOModule(args.model, beta=0.1, optimizer=optimizer, lr_schedule="constant", shared_prompt=packed)
+        module: Any = DPOModule(
+            args.model, beta=0.1, optimizer=optimizer, lr_schedule="constant", shared_prompt=packed, **lora
+        )
     else:
         module = RewardModule(args.model, optimizer=optimizer, lr_schedule="constant", shared_prompt=packed)
     result = WorkerResult("hhalign", args.task, args.model, args.settings, args.batch_size, args.steps, args.warmup)
@@ -88,6 +91,7 @@ def main() -> None:
     trainer.fit(module, data)
     result.seconds = clock.seconds()
     model = module.trainable_module()
+    model = model.get_base_model() if hasattr(model, "get_base_model") else model
     embeddings = model.get_input_embeddings().weight.numel()
     head = model.get_output_embeddings() if args.task == "dpo" else None
     result.head_params = head.weight.numel() if head is not None else 0

@@ -40,6 +40,8 @@ class TrainedWeights:
     head: str
     step: int
     state_dict: dict[str, torch.Tensor]
+    hparams: dict[str, Any]
+    reward_stats: dict[str, float]
 
 
 def is_checkpoint_file(name_or_path: str) -> bool:
@@ -59,7 +61,9 @@ def read_trained_weights(path: str) -> TrainedWeights:
     prefix = TRAINED_PREFIX[module]
     state = {k[len(prefix) :]: v for k, v in checkpoint["state_dict"].items() if k.startswith(prefix)}
     head = "reward" if module == "RewardModule" else "causal_lm"
-    return TrainedWeights(str(path), module, str(base), head, int(checkpoint["global_step"]), state)
+    hparams = dict(checkpoint.get("hyper_parameters", {}))
+    stats = dict(checkpoint.get("hhalign_reward_stats", {}))
+    return TrainedWeights(str(path), module, str(base), head, int(checkpoint["global_step"]), state, hparams, stats)
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):

@@ -19,7 +19,7 @@ from hhalign.checkpointing import sequences_fingerprint
 from hhalign.dialogues import DialogueCollator, DialogueTokenizer
 from hhalign.errors import ConfigError, DataError
 from hhalign.loading import load_tokenizer
-from hhalign.packing import SharedPromptCollator
+from hhalign.packing import SharedPromptCollator, margins
 from hhalign.pairs import PairTokenizer, TokenizedPair
 from hhalign.records import OnBadRecord, Record, is_jsonl_source, read_hub, read_local
 from hhalign.samplers import EvalShard, ResumableShuffle
@@ -54,7 +54,7 @@ class PairCollator:
             input_ids[i, start : start + length] = torch.tensor(prompt + response)
             attention_mask[i, start : start + length] = 1
             loss_mask[i, start + len(prompt) : start + length] = 1
-        return {"input_ids": input_ids, "attention_mask": attention_mask, "loss_mask": loss_mask}
+        return {"input_ids": input_ids, "attention_mask": attention_mask, "loss_mask": loss_mask, **margins(pairs)}
 
 
 def split_records(records: list[Record], valid_fraction: float, seed: int) -> tuple[list[Record], list[Record]]:

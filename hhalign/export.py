@@ -14,13 +14,14 @@ from lightning.pytorch.callbacks import Callback
 from torch import nn
 
 from hhalign.checkpointing import read_trained_weights
-from hhalign.loading import load_model, load_tokenizer
+from hhalign.loading import load_model, load_tokenizer, merged
 
 EXPORT_INFO = "hhalign_export.json"
 
 
 def export_model(model: nn.Module, tokenizer: Any, out: str | Path, info: dict[str, Any]) -> Path:
-    """Write ``model`` (safetensors), its tokenizer and ``hhalign_export.json`` into ``out``.
+    """Write ``model`` (safetensors), its tokenizer and ``hhalign_export.json`` (provenance and, for a
+    reward model, the mean and standard deviation of its validation rewards) into ``out``.
 
     A reward model's config gets no ``pad_token_id`` when pad equals EOS: the library's pooling would
     otherwise take the EOS it was trained to read for padding and score the token before it. Unpadded
@@ -41,6 +42,8 @@ def export_checkpoint(ckpt: str, out: str) -> Path:
     trained = read_trained_weights(ckpt)
     model = load_model(ckpt, head=trained.head)
     info = {"source": str(ckpt), "module": trained.module, "base": trained.base, "head": trained.head}
+    if trained.reward_stats:
+        info["reward_stats"] = trained.reward_stats
     return export_model(model, load_tokenizer(ckpt), out, {**info, "step": trained.step})
 
 
@@ -63,8 +66,10 @@ class ExportAtFitEnd(Callback):
             "head": "reward" if type(pl_module).__name__ == "RewardModule" else "causal_lm",
             "step": trainer.global_step,
         }
+        if getattr(pl_module, "reward_stats", None):
+            info["reward_stats"] = pl_module.reward_stats  # from the last validation: normalise scores with it
         tokenizer = load_tokenizer(hp.model_name_or_path, hp.trust_remote_code)
-        export_model(pl_module.trainable_module(), tokenizer, out, info)
+        export_model(merged(pl_module.trainable_module()), tokenizer, out, info)  # LoRA adapters merged
         pl_module.print(f"exported the trained model to {out}")
 
 

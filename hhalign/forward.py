@@ -10,6 +10,7 @@ from torch import Tensor, nn
 from hhalign.losses import scattered_logps
 from hhalign.packing import (
     MASK_ATTENTION,
+    ScoredTokens,
     is_packed,
     last_tokens,
     mask_for_attention,
@@ -53,7 +54,13 @@ def _forward_args(inputs: dict[str, Tensor]) -> dict[str, Any]:
     return {"input_ids": inputs["input_ids"], "attention_mask": mask, "position_ids": inputs["position_ids"]}
 
 
+def unwrapped(model: nn.Module) -> nn.Module:
+    """The transformers model inside a peft wrapper (its layers carry the adapters in place)."""
+    return model.get_base_model() if hasattr(model, "get_base_model") else model
+
+
 def backbone(model: nn.Module) -> nn.Module:
+    model = unwrapped(model)
     return getattr(model, model.base_model_prefix)
 
 
@@ -61,16 +68,21 @@ def _plain_head(model: nn.Module) -> bool:
     return all(getattr(model.config, name, None) in (None, 1, 1.0) for name in LOGIT_TRANSFORMS)
 
 
-def response_logps(model: nn.Module, inputs: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
-    """Summed log-probs and token counts of every response of ``inputs`` (from ``model_inputs``),
-    ``(2B,)`` each, chosen sequences first; logits exist only at the scored positions."""
+def response_token_logits(model: nn.Module, inputs: dict[str, Tensor]) -> tuple[Tensor, ScoredTokens]:
+    """Logits ``(N, V)`` at the scored response positions of ``inputs`` (from ``model_inputs``), and where they are."""
     scored = scored_tokens(inputs)
+    model = unwrapped(model)
     head = model.get_output_embeddings()
     if head is not None and _plain_head(model):
         hidden = backbone(model)(**_forward_args(inputs)).last_hidden_state
-        token_logits = head(hidden[scored.rows, scored.predictors])
-    else:
-        token_logits = model(**_forward_args(inputs)).logits[scored.rows, scored.predictors]
+        return head(hidden[scored.rows, scored.predictors]), scored
+    return model(**_forward_args(inputs)).logits[scored.rows, scored.predictors], scored
+
+
+def response_logps(model: nn.Module, inputs: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
+    """Summed log-probs and token counts of every response of ``inputs`` (from ``model_inputs``),
+    ``(2B,)`` each, chosen sequences first; logits exist only at the scored positions."""
+    token_logits, scored = response_token_logits(model, inputs)
     return scattered_logps(token_logits, scored.labels, scored.sequences, scored.n_sequences)
 
 

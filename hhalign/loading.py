@@ -83,6 +83,13 @@ def load_model(
             attn_implementation=attn_implementation,
             trust_remote_code=trust_remote_code,
         )
+        if trained.hparams.get("lora_rank", 0) > 0:  # adapters: load them over the base, then merge
+            hp = trained.hparams
+            model = with_lora(
+                model, hp["lora_rank"], hp.get("lora_alpha", 16.0), hp.get("lora_target_modules", "all-linear")
+            )
+            load_trained(model, trained, head)
+            return model.merge_and_unload()
         load_trained(model, trained, head)
         return model
     overrides: dict[str, Any] = {"num_labels": 1} if head == "reward" else {}
@@ -119,3 +126,22 @@ def load_trained(model: nn.Module, trained: TrainedWeights, head: str) -> None:
     ]
     if stray:
         raise ModelLoadError(f"{trained.path} does not fit {type(model).__name__}: mismatched keys {stray[:5]}")
+
+
+def with_lora(model: nn.Module, rank: int, alpha: float, target_modules: str | list[str]) -> nn.Module:
+    """Wrap ``model`` with fresh LoRA adapters (peft): only they train, and at initialisation the
+    model computes exactly what it did (the up-projection starts at zero)."""
+    from peft import LoraConfig, TaskType, get_peft_model
+
+    task = TaskType.SEQ_CLS if hasattr(model, "score") else TaskType.CAUSAL_LM
+    config = LoraConfig(r=rank, lora_alpha=alpha, target_modules=target_modules, lora_dropout=0.0, task_type=task)
+    return get_peft_model(model, config)
+
+
+def merged(model: nn.Module) -> nn.Module:
+    """The plain model with any LoRA adapters merged into its weights (a copy; ``model`` keeps training)."""
+    if not hasattr(model, "merge_and_unload"):
+        return model
+    import copy
+
+    return copy.deepcopy(model).merge_and_unload()

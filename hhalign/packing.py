@@ -16,6 +16,14 @@ from torch import Tensor
 
 from hhalign.pairs import TokenizedPair
 
+
+def margins(pairs: list[TokenizedPair]) -> dict[str, Tensor]:
+    """``{"margins": (B,)}`` when the data gives pairs a margin (0 where one lacks it), else nothing."""
+    if all(p.margin is None for p in pairs):
+        return {}
+    return {"margins": torch.tensor([p.margin or 0.0 for p in pairs], dtype=torch.float32)}
+
+
 PACKED_KEY = "prompt_lengths"
 """A batch carrying this key is in the packed layout; otherwise chosen rows are stacked above rejected."""
 
@@ -51,6 +59,7 @@ class SharedPromptCollator:
             "prompt_lengths": torch.tensor([len(p.prompt) for p in pairs]),
             "chosen_lengths": torch.tensor([len(p.chosen) for p in pairs]),
             "rejected_lengths": torch.tensor([len(p.rejected) for p in pairs]),
+            **margins(pairs),
         }
 
 

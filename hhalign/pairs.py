@@ -26,6 +26,7 @@ class TokenizedPair:
     prompt: list[int]
     chosen: list[int]
     rejected: list[int]
+    margin: float | None = None
 
 
 def split_dialogues(chosen: str, rejected: str) -> tuple[str, str, str] | None:
@@ -94,16 +95,18 @@ class PairTokenizer:
     def __call__(self, records: list[Record]) -> list[TokenizedPair]:
         """Tokenize a list of records; the dropped ones are only counted."""
         texts: list[tuple[str, str, str]] = []
+        margins: list[float | None] = []
         for record in records:
             parts = self._parts(record)
             if parts is not None:
                 texts.append(parts)
+                margins.append(record.margin)
         prompts = self._encode([p for p, _, _ in texts])
         chosen = self._encode([c for _, c, _ in texts])
         rejected = self._encode([r for _, _, r in texts])
         pairs = []
-        for (prompt_text, _, _), prompt_ids, chosen_ids, rejected_ids in zip(
-            texts, prompts, chosen, rejected, strict=True
+        for (prompt_text, _, _), prompt_ids, chosen_ids, rejected_ids, margin in zip(
+            texts, prompts, chosen, rejected, margins, strict=True
         ):
             chosen_ids, rejected_ids = self._response(chosen_ids), self._response(rejected_ids)
             prompt_ids = self._fit_prompt(
@@ -114,7 +117,7 @@ class PairTokenizer:
             elif chosen_ids == rejected_ids:
                 self.counts["drop:identical_after_truncation"] += 1
             else:
-                pairs.append(TokenizedPair(prompt_ids, chosen_ids, rejected_ids))
+                pairs.append(TokenizedPair(prompt_ids, chosen_ids, rejected_ids, margin))
         return pairs
 
     def _parts(self, record: Record) -> tuple[str, str, str] | None:

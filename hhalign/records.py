@@ -30,6 +30,7 @@ class Record:
     rejected: str
     prompt: str | None
     origin: str
+    margin: float | None = None  # how much better chosen is, when the data says (reward modelling)
 
 
 def is_jsonl_source(path: str) -> bool:
@@ -74,7 +75,10 @@ def to_record(raw: Any, origin: str) -> Record:
             )
         if not isinstance(raw[key], str):
             raise DataError(f"{origin}: field {key!r} must be a string, got {type(raw[key]).__name__}")
-    return Record(raw["chosen"], raw["rejected"], raw.get("prompt"), origin)
+    margin = raw.get("margin")
+    if margin is not None and (isinstance(margin, bool) or not isinstance(margin, (int, float))):
+        raise DataError(f"{origin}: field 'margin' must be a number, got {type(margin).__name__}")
+    return Record(raw["chosen"], raw["rejected"], raw.get("prompt"), origin, None if margin is None else float(margin))
 
 
 def read_local(path: str, on_bad_record: OnBadRecord, bad: Counter[str]) -> list[Record]:

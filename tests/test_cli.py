@@ -53,7 +53,7 @@ def test_model_path_is_linked_to_the_tokenizer(tmp_path: Path):
 @pytest.mark.parametrize(
     ("option", "value", "message"),
     [
-        ("--model.loss_type", "kto", "Expected a typing.Literal['sigmoid', 'ipo']. Got value: kto"),
+        ("--model.loss_type", "kto", "Expected a typing.Literal['sigmoid', 'robust', 'hinge', 'ipo'"),
         ("--model.beta", "0", "Not of type PositiveFloat"),
     ],
 )

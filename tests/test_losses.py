@@ -93,14 +93,110 @@ def test_ipo_loss_by_hand():
     assert_close(dpo_loss(*args, beta=0.1, loss_type="ipo")[0], torch.tensor([9.0]))
 
 
-@pytest.mark.parametrize("loss_type", sorted(DPO_LOSSES))
+LN2 = math.log(2)
+AT_REFERENCE = {  # every loss with policy == reference (h = 0, log-ratios 0), β = 0.1, ε = 0
+    "sigmoid": LN2,
+    "robust": LN2,
+    "hinge": 1.0,
+    "ipo": 25.0,  # (0 − 1/(2·0.1))²
+    "exo_pair": 0.5 * (-LN2 - math.log(0.999)) + 0.5 * (-LN2 - math.log(0.001)),  # ε defaults to 1e-3
+    "nca_pair": 2 * LN2,
+    "bco_pair": 2 * LN2,
+    "sppo_hard": 50.0,  # 2 · (0.5/0.1)²
+    "aot": LN2,
+    "apo_zero": 1.0,
+    "apo_down": 1.0,
+    "discopop": 0.5 * LN2 + 0.5,  # modulation σ(0) = ½ between log 2 and e⁰
+}
+
+
+def test_every_reference_loss_has_a_value_at_the_reference():
+    from hhalign.losses import needs_reference
+
+    assert {n for n in DPO_LOSSES if needs_reference(n)} == set(AT_REFERENCE)
+
+
+@pytest.mark.parametrize("loss_type", sorted(AT_REFERENCE))
 def test_policy_equal_to_reference(loss_type: str):
     logps = torch.tensor([-12.0, -3.5, -40.0])
     other = torch.tensor([-10.0, -7.0, -38.0])
     losses, chosen, rejected = dpo_loss(logps, other, logps, other, beta=0.1, loss_type=loss_type)
-    expected = math.log(2) if loss_type == "sigmoid" else (1 / (2 * 0.1)) ** 2
-    assert_close(losses, torch.full((3,), expected))
+    assert_close(losses, torch.full((3,), AT_REFERENCE[loss_type]))
     assert torch.equal(chosen, torch.zeros(3)) and torch.equal(rejected, torch.zeros(3))
+
+
+def _sig(z: float) -> float:
+    return 1 / (1 + math.exp(-z))
+
+
+def _nls(z: float) -> float:
+    """−log σ(z)"""
+    return math.log1p(math.exp(-z))
+
+
+# One pair: policy chosen −1, rejected −3; reference −2 and −2: log-ratios +1 and −1, h = 2.
+# Two chosen tokens, four rejected tokens (for the per-token-averaged losses).
+HAND = [
+    ("sigmoid", {"beta": 0.5, "label_smoothing": 0.1}, 0.9 * _nls(1) + 0.1 * _nls(-1)),
+    ("robust", {"beta": 0.5, "label_smoothing": 0.1}, (0.9 * _nls(1) - 0.1 * _nls(-1)) / 0.8),
+    ("hinge", {"beta": 0.25}, 0.5),  # max(0, 1 − 0.25·2)
+    ("ipo", {"beta": 0.5}, 0.0625),  # averages 1/2 and −1/4: h = 0.75, (0.75 − 1)²
+    (
+        "exo_pair",
+        {"beta": 0.5, "label_smoothing": 0.1},
+        _sig(1) * (-_nls(1) - math.log(0.9)) + _sig(-1) * (-_nls(-1) - math.log(0.1)),
+    ),
+    ("nca_pair", {"beta": 0.5}, _nls(0.5) + 0.5 * _nls(-0.5) + 0.5 * _nls(0.5)),  # r_c = 0.5, r_r = −0.5
+    ("bco_pair", {"beta": 0.5, "bco_delta": 0.2}, _nls(0.3) + _nls(0.7)),  # −log σ(0.5 − 0.2) − log σ(0.5 + 0.2)
+    ("sppo_hard", {"beta": 0.25}, 2.0),  # (1 − 2)² + (−1 + 2)²
+    ("apo_zero", {"beta": 0.5}, 1 - _sig(0.5) + _sig(-0.5)),
+    ("apo_down", {"beta": 0.5}, _sig(0.5) + 1 - _sig(1)),
+    ("discopop", {"beta": 0.5, "discopop_tau": 0.05}, (1 - _sig(20)) * _nls(1) + _sig(20) * math.exp(-1)),
+    ("simpo", {"beta": 2.0, "simpo_gamma": 0.2}, _nls(0.3)),  # means −1/2, −3/4: 2·0.25 − 0.2 = 0.3
+]
+
+
+@pytest.mark.parametrize(("loss_type", "options", "expected"), HAND, ids=[h[0] for h in HAND])
+def test_each_loss_by_hand(loss_type: str, options: dict, expected: float):
+    from hhalign.losses import LossOptions, PairLogps, preference_losses
+
+    x = PairLogps(
+        torch.tensor([-1.0]), torch.tensor([-3.0]), torch.tensor([-2.0]), torch.tensor([-2.0]),
+        torch.tensor([2]), torch.tensor([4]),
+    )  # fmt: skip
+    losses, _, _ = preference_losses(x, LossOptions(**options), loss_type)
+    assert_close(losses, torch.tensor([expected]), rtol=1e-6, atol=1e-7)
+
+
+def test_aot_matches_sorted_margins_not_pairs():
+    """Policy margins [2, −1], reference margins [0, 4]: sorted [−1, 2] against [0, 4], deltas [−1, −2]."""
+    losses, _, _ = dpo_loss(
+        torch.tensor([-1.0, -5.0]), torch.tensor([-3.0, -4.0]), torch.tensor([-2.0, -2.0]), torch.tensor([-2.0, -6.0]),
+        beta=0.5, loss_type="aot",
+    )  # fmt: skip
+    assert_close(losses, torch.tensor([_nls(-0.5), _nls(-1.0)]))
+
+
+def test_simpo_needs_no_reference_and_rewards_are_scaled_means():
+    from hhalign.losses import LossOptions, PairLogps, preference_losses
+
+    counts = {"chosen_tokens": torch.tensor([2]), "rejected_tokens": torch.tensor([4])}
+    x = PairLogps(torch.tensor([-1.0]), torch.tensor([-3.0]), **counts)
+    _, chosen, rejected = preference_losses(x, LossOptions(beta=2.0), "simpo")
+    assert_close(chosen, torch.tensor([-1.0])) and assert_close(rejected, torch.tensor([-1.5]))
+
+
+def test_sft_term_is_the_chosen_token_mean_and_combines_with_weights():
+    """Chosen sums −4 and −2 over 2 tokens each: NLL per token 1.5 for every pair; [sigmoid, sft] with
+    weights [1, 0.5] adds 0.75 to each pair's sigmoid loss."""
+    from hhalign.losses import LossOptions, PairLogps, preference_losses
+
+    x = PairLogps(
+        torch.tensor([-4.0, -2.0]), torch.tensor([-3.0, -3.0]), torch.tensor([-4.0, -2.0]), torch.tensor([-3.0, -3.0]),
+        torch.tensor([2, 2]), torch.tensor([3, 3]),
+    )  # fmt: skip
+    losses, _, _ = preference_losses(x, LossOptions(beta=0.1), ["sigmoid", "sft"], [1.0, 0.5])
+    assert_close(losses, torch.full((2,), LN2 + 0.75))
 
 
 def test_swapping_chosen_and_rejected_flips_the_margin():
@@ -127,7 +223,9 @@ def test_bradley_terry_by_hand():
 @pytest.mark.parametrize(
     ("options", "message"),
     [
-        ({"beta": 0.1, "loss_type": "kto"}, "unknown loss_type 'kto'; choose one of ['ipo', 'sigmoid']"),
+        ({"beta": 0.1, "loss_type": "kto"}, "unknown loss_type 'kto'; choose one of ['aot', 'apo_down'"),
+        ({"beta": 0.1, "loss_type": "sft"}, "loss_type needs a preference loss"),
+        ({"beta": 0.1, "loss_type": "sigmoid", "label_smoothing": 0.5}, "label_smoothing must be in"),
         ({"beta": 0.0, "loss_type": "sigmoid"}, "beta must be > 0"),
         ({"beta": -1.0, "loss_type": "ipo"}, "beta must be > 0"),
     ],
@@ -144,3 +242,13 @@ def test_loss_type_choices_match_the_loss_table():
     from hhalign.losses import LossType
 
     assert sorted(get_args(LossType)) == sorted(DPO_LOSSES)
+
+
+def test_bradley_terry_with_margins_and_centering_by_hand():
+    """r_c = 2, r_r = 1, margin 0.5: −log σ(0.5); centering 0.1 adds 0.1·(2 + 1)² = 0.9."""
+    chosen, rejected = torch.tensor([2.0]), torch.tensor([1.0])
+    assert_close(bradley_terry_loss(chosen, rejected, torch.tensor([0.5])), torch.tensor([math.log1p(math.exp(-0.5))]))
+    assert_close(
+        bradley_terry_loss(chosen, rejected, center_rewards_coefficient=0.1),
+        torch.tensor([math.log1p(math.exp(-1.0)) + 0.9]),
+    )

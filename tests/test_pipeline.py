@@ -156,6 +156,7 @@ def test_export_reloads_with_plain_transformers_and_matches(
             torch.testing.assert_close(theirs, rm.rewards(ids, torch.ones_like(ids))[0], rtol=1e-5, atol=1e-5)
     info = json.loads((rm_out / "hhalign_export.json").read_text())
     assert info["module"] == "RewardModule" and info["step"] == 4
+    assert info["reward_stats"]["count"] > 0 and info["reward_stats"]["std"] > 0  # for normalising scores
 
 
 def test_plot_draws_every_dpo_panel(tmp_path: Path):

@@ -15,6 +15,7 @@ from transformers import get_scheduler
 from hhalign.checkpointing import FINGERPRINT_KEY, check_fingerprints, checkpoint_dir
 from hhalign.errors import UserError
 from hhalign.forward import enable_gradient_checkpointing
+from hhalign.loading import with_lora
 from hhalign.packing import batch_pairs
 
 STAGES = ("train", "val", "test")
@@ -85,6 +86,10 @@ class AlignmentModule(L.LightningModule):
             off, they are unpacked into separate chosen and rejected rows. Same numbers either way.
         gradient_checkpointing: Recompute the trained model's activations in backward, trading about a
             third more compute for much less activation memory.
+        lora_rank: Train LoRA adapters of this rank (``peft``) instead of every weight; 0 trains the full
+            model. With DPO the reference is then the same model with its adapters switched off.
+        lora_alpha: LoRA scale numerator (the update is scaled by ``lora_alpha / lora_rank``).
+        lora_target_modules: Modules to adapt: ``all-linear`` or a list of module names.
     """
 
     examples = "pairs"  # what the data module builds for this module: pairs, or dialogues for SFT
@@ -106,6 +111,9 @@ class AlignmentModule(L.LightningModule):
         on_nonfinite: Literal["stop", "skip"] = "stop",
         shared_prompt: bool = True,
         gradient_checkpointing: bool = False,
+        lora_rank: int = 0,
+        lora_alpha: float = 16.0,
+        lora_target_modules: str | list[str] = "all-linear",
     ) -> None:
         super().__init__()
         self.save_hyperparameters(ignore=["optimizer"])
@@ -136,6 +144,8 @@ class AlignmentModule(L.LightningModule):
         configured gradient checkpointing."""
         if self.hparams.gradient_checkpointing:
             enable_gradient_checkpointing(model)
+        if self.hparams.lora_rank > 0:
+            model = with_lora(model, self.hparams.lora_rank, self.hparams.lora_alpha, self.hparams.lora_target_modules)
         return model.train()
 
     def trainable_module(self) -> nn.Module:
