@@ -85,9 +85,7 @@ def load_model(
         )
         if trained.hparams.get("lora_rank", 0) > 0:  # adapters: load them over the base, then merge
             hp = trained.hparams
-            model = with_lora(
-                model, hp["lora_rank"], hp.get("lora_alpha", 16.0), hp.get("lora_target_modules", "all-linear")
-            )
+            model = with_lora(model, hp["lora_rank"], hp.get("lora_alpha", 16.0), hp.get("lora_target_modules"))
             load_trained(model, trained, head)
             return model.merge_and_unload()
         load_trained(model, trained, head)
@@ -128,7 +126,7 @@ def load_trained(model: nn.Module, trained: TrainedWeights, head: str) -> None:
         raise ModelLoadError(f"{trained.path} does not fit {type(model).__name__}: mismatched keys {stray[:5]}")
 
 
-def with_lora(model: nn.Module, rank: int, alpha: float, target_modules: str | list[str]) -> nn.Module:
+def with_lora(model: nn.Module, rank: int, alpha: float, target_modules: str | list[str] | None) -> nn.Module:
     """Wrap ``model`` with fresh LoRA adapters (peft): only they train, and at initialisation the
     model computes exactly what it did (the up-projection starts at zero)."""
     from peft import LoraConfig, TaskType, get_peft_model

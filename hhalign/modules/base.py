@@ -89,7 +89,8 @@ class AlignmentModule(L.LightningModule):
         lora_rank: Train LoRA adapters of this rank (``peft``) instead of every weight; 0 trains the full
             model. With DPO the reference is then the same model with its adapters switched off.
         lora_alpha: LoRA scale numerator (the update is scaled by ``lora_alpha / lora_rank``).
-        lora_target_modules: Modules to adapt: ``all-linear`` or a list of module names.
+        lora_target_modules: Modules to adapt: a list of module names, ``all-linear``, or None for peft's
+            default for the architecture (the attention's query and value projections for Llama and Qwen).
     """
 
     examples = "pairs"  # what the data module builds for this module: pairs, or dialogues for SFT
@@ -113,7 +114,7 @@ class AlignmentModule(L.LightningModule):
         gradient_checkpointing: bool = False,
         lora_rank: int = 0,
         lora_alpha: float = 16.0,
-        lora_target_modules: str | list[str] = "all-linear",
+        lora_target_modules: str | list[str] | None = None,
     ) -> None:
         super().__init__()
         self.save_hyperparameters(ignore=["optimizer"])
