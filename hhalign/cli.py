@@ -13,7 +13,8 @@ from functools import partial
 from pathlib import Path
 from typing import Any, Literal
 
-from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+import yaml
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 from lightning.pytorch.loggers import Logger, WandbLogger
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
@@ -36,6 +37,17 @@ TOOLS = {
     "generate": "hhalign.use:generate",
 }
 """Subcommands that are not a Trainer method, mapped to ``module:function(argv)``."""
+
+
+class SaveConfigEverywhere(SaveConfigCallback):
+    """``config.yaml`` in the run directory (Lightning's part) and the same resolved config in the wandb
+    run's config under ``hhalign_config``, so a wandb run alone says how to reproduce it."""
+
+    def save_config(self, trainer: Any, pl_module: Any, stage: str) -> None:
+        resolved = yaml.safe_load(self.parser.dump(self.config, skip_none=False))
+        for logger in trainer.loggers:
+            if isinstance(logger, WandbLogger):
+                logger.experiment.config.update({"hhalign_config": resolved}, allow_val_change=True)
 
 
 class HHAlignCLI(LightningCLI):
@@ -122,6 +134,14 @@ def _tool(spec: str) -> Callable[[list[str]], Any]:
     return getattr(importlib.import_module(module), function)
 
 
+def _finish_wandb() -> None:
+    """Close the wandb run at the end of the command, so an offline run's file is complete (Lightning leaves
+    it open for notebooks; a command line has nothing more to log)."""
+    wandb = sys.modules.get("wandb")
+    if wandb is not None and getattr(wandb, "run", None) is not None:
+        wandb.finish()
+
+
 def main(args: list[str] | None = None) -> None:
     """Entry point; ``args`` lets tests run the real CLI in-process."""
     argv = sys.argv[1:] if args is None else list(args)
@@ -134,9 +154,11 @@ def main(args: list[str] | None = None) -> None:
             PreferenceDataModule,
             subclass_mode_model=True,
             args=argv,
+            save_config_callback=SaveConfigEverywhere,
             save_config_kwargs={"overwrite": True},
             auto_configure_optimizers=False,
         )
+        _finish_wandb()
     except Preempted as stop:  # the Preemption callback has said how to resume
         sys.exit(stop.exit_code)
     except SIGTERMException:

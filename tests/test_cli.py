@@ -199,6 +199,10 @@ def test_wandb_offline_beside_the_csv_log_resumes_its_run_and_keeps_secrets_out(
     offline_runs = list((run_dir / "wandb").glob("offline-run-*"))
     assert len(offline_runs) == 1 and offline_runs[0].name.endswith(run_id) and any(offline_runs[0].rglob("*.wandb"))
     assert [int(r["step"]) for r in _rows(run_dir) if r.get("train/loss")] == [0, 1]
+    # the resolved config travels with the wandb run (project = experiment, run name = trial)
+    record = next(offline_runs[0].rglob("*.wandb")).read_bytes()
+    assert b"hhalign_config" in record and b"hhalign.DPOModule" in record
+    assert str(small_jsonl).encode() in record and b"tiny" in record
 
     _fit(
         tmp_path,
