@@ -23,6 +23,7 @@ from hhalign.packing import SharedPromptCollator, margins
 from hhalign.pairs import PairTokenizer, TokenizedPair
 from hhalign.records import OnBadRecord, Record, is_jsonl_source, read_hub, read_local
 from hhalign.samplers import EvalShard, ResumableShuffle
+from hhalign.templates import ChatTemplate
 
 log = logging.getLogger(__name__)
 
@@ -105,6 +106,8 @@ class PreferenceDataModule(L.LightningDataModule):
         examples: ``pairs`` for RM and DPO, ``dialogues`` for SFT (each record's chosen dialogue, its
             assistant turns the targets, ``max_length`` bounding the whole); by default, what the
             module being trained reads.
+        chat_template: Render the dialogues through the tokenizer's chat template (Human → user,
+            Assistant → assistant) instead of raw hh-rlhf text, for instruct models (pairs; SFT reads raw text).
     """
 
     def __init__(
@@ -125,6 +128,7 @@ class PreferenceDataModule(L.LightningDataModule):
         shared_prompt: bool = True,
         group_by_length: bool = False,
         examples: Literal["pairs", "dialogues"] | None = None,
+        chat_template: bool = False,
         num_workers: int = 0,
         on_bad_record: OnBadRecord = "error",
         trust_remote_code: bool = False,
@@ -181,7 +185,8 @@ class PreferenceDataModule(L.LightningDataModule):
         """Records to examples, with a ``counts`` Counter of cuts and drops."""
         if self.example_kind == "dialogues":
             return DialogueTokenizer(tokenizer, self.hparams.max_length)
-        return PairTokenizer(tokenizer, self.hparams.max_length, self.hparams.max_response_length)
+        template = ChatTemplate(tokenizer) if self.hparams.chat_template else None
+        return PairTokenizer(tokenizer, self.hparams.max_length, self.hparams.max_response_length, template)
 
     def make_collator(self, tokenizer: Any) -> Any:
         if self.example_kind == "dialogues":

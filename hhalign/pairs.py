@@ -58,9 +58,15 @@ class PairTokenizer:
     ``max_length`` bounds prompt + the longer response. A response over ``max_response_length``
     tokens is cut and gets no EOS, since it did not end. A prompt over the remaining budget loses
     whole human turns from the left; a pair whose last human turn alone does not fit is dropped.
+
+    With a ``template`` (``hhalign.templates.ChatTemplate``) prompts and responses are rendered through
+    the tokenizer's chat template; the template then places BOS, and a response gets an EOS only when
+    its end-of-turn marker is not the EOS already.
     """
 
-    def __init__(self, tokenizer: Any, max_length: int, max_response_length: int | None = None) -> None:
+    def __init__(
+        self, tokenizer: Any, max_length: int, max_response_length: int | None = None, template: Any = None
+    ) -> None:
         if tokenizer.eos_token_id is None:
             raise ModelLoadError(
                 f"tokenizer {tokenizer.name_or_path!r} has no EOS token; set one (tokenizer.eos_token) "
@@ -69,14 +75,30 @@ class PairTokenizer:
         self.tokenizer = tokenizer
         self.max_length = max_length
         self.max_response_length = max_response_length or max_length
-        self.bos = _leading_bos(tokenizer)
+        self.template = template
+        self.bos = [] if template is not None else _leading_bos(tokenizer)
         self.counts: Counter[str] = Counter()
+
+    def _prompt_text(self, prompt: str) -> str:
+        return self.template.prompt(prompt) if self.template is not None else prompt
+
+    def _response_text(self, prompt: str, response: str) -> str:
+        return self.template.response(prompt, response) if self.template is not None else response
+
+    def encode_prompt(self, prompt: str) -> list[int]:
+        """One prompt's ids as training sees them (BOS or template included, not truncated)."""
+        return self.bos + self._encode([self._prompt_text(prompt)])[0]
+
+    def encode_response(self, prompt: str, response: str) -> list[int]:
+        """One response's ids as training sees them (end-of-turn or EOS included)."""
+        return self._response(self._encode([self._response_text(prompt, response)])[0])
 
     def _encode(self, texts: list[str]) -> list[list[int]]:
         return self.tokenizer(texts, add_special_tokens=False)["input_ids"] if texts else []
 
     def _response(self, ids: list[int]) -> list[int]:
-        ids = ids + [self.tokenizer.eos_token_id]
+        if self.template is None or not ids or ids[-1] != self.tokenizer.eos_token_id:
+            ids = ids + [self.tokenizer.eos_token_id]
         if len(ids) > self.max_response_length:
             self.counts["cut:response"] += 1
             return ids[: self.max_response_length]
@@ -86,7 +108,7 @@ class PairTokenizer:
         if len(self.bos) + len(ids) <= budget:
             return self.bos + ids
         for start in (s for s in turn_starts(prompt) if s > 0):
-            shorter = self.bos + self._encode([prompt[start:]])[0]
+            shorter = self.bos + self._encode([self._prompt_text(prompt[start:])])[0]
             if len(shorter) <= budget:
                 self.counts["cut:prompt"] += 1
                 return shorter
@@ -101,9 +123,9 @@ class PairTokenizer:
             if parts is not None:
                 texts.append(parts)
                 margins.append(record.margin)
-        prompts = self._encode([p for p, _, _ in texts])
-        chosen = self._encode([c for _, c, _ in texts])
-        rejected = self._encode([r for _, _, r in texts])
+        prompts = self._encode([self._prompt_text(p) for p, _, _ in texts])
+        chosen = self._encode([self._response_text(p, c) for p, c, _ in texts])
+        rejected = self._encode([self._response_text(p, r) for p, _, r in texts])
         pairs = []
         for (prompt_text, _, _), prompt_ids, chosen_ids, rejected_ids, margin in zip(
             texts, prompts, chosen, rejected, margins, strict=True

@@ -16,6 +16,7 @@ from hhalign.loading import load_model, load_tokenizer
 from hhalign.modules import RewardModule
 from hhalign.pairs import ASSISTANT, HUMAN, PairTokenizer, TokenizedPair
 from hhalign.records import read_local
+from hhalign.templates import ChatTemplate
 
 
 def as_prompt(text: str) -> str:
@@ -52,6 +53,7 @@ def score(argv: list[str] | None = None) -> None:
     parser.add_argument("--response", action="append", default=[], help="a response to score (repeatable)")
     parser.add_argument("--pairs", help="JSONL of pairs (hh-rlhf or prompt/chosen/rejected): prints accuracy")
     parser.add_argument("--max-length", type=int, default=2048)
+    parser.add_argument("--chat-template", action="store_true", help="render through the tokenizer's chat template")
     args = parser.parse_args(argv)
     if bool(args.pairs) == bool(args.prompt and args.response):
         parser.error("give --pairs FILE, or --prompt and at least one --response")
@@ -59,7 +61,8 @@ def score(argv: list[str] | None = None) -> None:
     module = RewardModule(args.model)
     module.configure_model()
     module.eval()
-    tokenize = PairTokenizer(tokenizer, args.max_length)
+    template = ChatTemplate(tokenizer) if args.chat_template else None
+    tokenize = PairTokenizer(tokenizer, args.max_length, template=template)
     if args.pairs:
         pairs = tokenize(read_local(args.pairs, "error", Counter()))
         if not pairs:
@@ -71,19 +74,19 @@ def score(argv: list[str] | None = None) -> None:
         accuracy = sum(c > r for c, r in zip(chosen, rejected, strict=True)) / len(pairs)
         print(f"pairs: {len(pairs)}  preference accuracy: {accuracy:.4f}  dropped: {dict(tokenize.counts)}")
         return
-    prompt_ids = tokenize.bos + tokenizer(as_prompt(args.prompt), add_special_tokens=False)["input_ids"]
-    responses = tokenizer(args.response, add_special_tokens=False)["input_ids"]
-    values = rewards(module, [prompt_ids + ids + [tokenizer.eos_token_id] for ids in responses])
+    prompt = as_prompt(args.prompt)
+    prompt_ids = tokenize.encode_prompt(prompt)
+    values = rewards(module, [prompt_ids + tokenize.encode_response(prompt, r) for r in args.response])
     for text, value in zip(args.response, values, strict=True):
         print(json.dumps({"response": text, "reward": round(value, 6)}))
 
 
 @torch.no_grad()
 def generate_reply(
-    model: Any, tokenizer: Any, prompt: str, max_new_tokens: int, temperature: float, top_p: float
+    model: Any, tokenizer: Any, prompt: str, max_new_tokens: int, temperature: float, top_p: float, chat: bool = False
 ) -> str:
-    bos = PairTokenizer(tokenizer, 1).bos
-    ids = torch.tensor([bos + tokenizer(as_prompt(prompt), add_special_tokens=False)["input_ids"]])
+    template = ChatTemplate(tokenizer) if chat else None
+    ids = torch.tensor([PairTokenizer(tokenizer, 1, template=template).encode_prompt(as_prompt(prompt))])
     sampling = (
         {"do_sample": True, "temperature": temperature, "top_p": top_p} if temperature > 0 else {"do_sample": False}
     )
@@ -106,8 +109,12 @@ def generate(argv: list[str] | None = None) -> None:
     parser.add_argument("--temperature", type=float, default=0.0, help="0 (the default) decodes greedily")
     parser.add_argument("--top-p", type=float, default=1.0)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--chat-template", action="store_true", help="render through the tokenizer's chat template")
     args = parser.parse_args(argv)
     torch.manual_seed(args.seed)
     model = load_model(args.model).eval()
     tokenizer = load_tokenizer(args.model)
-    print(generate_reply(model, tokenizer, args.prompt, args.max_new_tokens, args.temperature, args.top_p))
+    reply = generate_reply(
+        model, tokenizer, args.prompt, args.max_new_tokens, args.temperature, args.top_p, args.chat_template
+    )
+    print(reply)

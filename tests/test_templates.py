@@ -1,0 +1,70 @@
+"""Chat templates: hh-rlhf dialogues rendered as an instruct model's conversations, prompt tokens shared."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import pytest
+
+from hhalign.errors import ConfigError
+from hhalign.pairs import PairTokenizer
+from hhalign.records import Record
+from hhalign.templates import ChatTemplate, to_messages
+
+TEMPLATE = (
+    "{{ bos_token }}{% for m in messages %}{{ '[' + m['role'] + '] ' + m['content'] + eos_token }}{% endfor %}"
+    "{% if add_generation_prompt %}{{ '[assistant] ' }}{% endif %}"
+)
+PROMPT = "\n\nHuman: hi there\n\nAssistant: hello!\n\nHuman: how are you?\n\nAssistant:"
+
+
+@pytest.fixture
+def chat_tokenizer(tokenizer):
+    templated = copy.deepcopy(tokenizer)
+    templated.chat_template = TEMPLATE
+    return templated
+
+
+def test_dialogue_becomes_messages():
+    assert to_messages(PROMPT) == [
+        {"role": "user", "content": "hi there"},
+        {"role": "assistant", "content": "hello!"},
+        {"role": "user", "content": "how are you?"},
+    ]
+
+
+def test_pairs_share_the_rendered_prompt_and_end_with_one_eos(chat_tokenizer):
+    tokenize = PairTokenizer(chat_tokenizer, 256, template=ChatTemplate(chat_tokenizer))
+    [pair] = tokenize([Record(" fine, thanks.", " go away.", PROMPT, "t")])
+    bos, eos = chat_tokenizer.bos_token, chat_tokenizer.eos_token
+    expected_prompt = f"{bos}[user] hi there{eos}[assistant] hello!{eos}[user] how are you?{eos}[assistant] "
+    assert chat_tokenizer.decode(pair.prompt) == expected_prompt
+    assert pair.prompt.count(chat_tokenizer.bos_token_id) == 1  # the template's BOS, not a second one
+    assert chat_tokenizer.decode(pair.chosen) == f"fine, thanks.{eos}"
+    assert chat_tokenizer.decode(pair.rejected) == f"go away.{eos}"
+    assert pair.chosen[-1] == chat_tokenizer.eos_token_id and pair.chosen[-2] != chat_tokenizer.eos_token_id
+
+
+def test_long_templated_prompts_lose_whole_turns(chat_tokenizer):
+    tokenize = PairTokenizer(chat_tokenizer, 24, template=ChatTemplate(chat_tokenizer))  # prompt: 32 whole, 15 cut
+    [pair] = tokenize([Record(" fine.", " no.", PROMPT, "t")])
+    text = chat_tokenizer.decode(pair.prompt)
+    assert "hi there" not in text and text.endswith("[user] how are you?<|endoftext|>[assistant] ")
+    assert tokenize.counts["cut:prompt"] == 1
+
+
+def test_a_tokenizer_without_a_template_is_a_clear_error(tokenizer, tiny_dir: Path, small_jsonl: Path):
+    from hhalign.data import PreferenceDataModule
+
+    with pytest.raises(ConfigError, match="has no chat template; turn data.chat_template off"):
+        PreferenceDataModule(str(small_jsonl), str(tiny_dir), chat_template=True).setup("fit")
+
+
+def test_generate_uses_the_template(chat_tokenizer, tiny_dir: Path):
+    from hhalign.loading import load_model
+    from hhalign.use import generate_reply
+
+    model = load_model(str(tiny_dir)).eval()
+    reply = generate_reply(model, chat_tokenizer, "How do I bake bread?", 4, 0.0, 1.0, chat=True)
+    assert reply == generate_reply(model, chat_tokenizer, "How do I bake bread?", 4, 0.0, 1.0, chat=True)
