@@ -107,7 +107,7 @@ class PreferenceDataModule(L.LightningDataModule):
             assistant turns the targets, ``max_length`` bounding the whole); by default, what the
             module being trained reads.
         chat_template: Render the dialogues through the tokenizer's chat template (Human → user,
-            Assistant → assistant) instead of raw hh-rlhf text, for instruct models (pairs; SFT reads raw text).
+            Assistant → assistant) instead of raw hh-rlhf text, for instruct models.
     """
 
     def __init__(
@@ -184,7 +184,8 @@ class PreferenceDataModule(L.LightningDataModule):
     def example_tokenizer(self, tokenizer: Any) -> Any:
         """Records to examples, with a ``counts`` Counter of cuts and drops."""
         if self.example_kind == "dialogues":
-            return DialogueTokenizer(tokenizer, self.hparams.max_length)
+            template = ChatTemplate(tokenizer) if self.hparams.chat_template else None
+            return DialogueTokenizer(tokenizer, self.hparams.max_length, template)
         template = ChatTemplate(tokenizer) if self.hparams.chat_template else None
         return PairTokenizer(tokenizer, self.hparams.max_length, self.hparams.max_response_length, template)
 

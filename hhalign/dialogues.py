@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import re
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -16,6 +17,7 @@ from torch import Tensor
 
 from hhalign.pairs import ASSISTANT, HUMAN, _leading_bos
 from hhalign.records import Record
+from hhalign.templates import to_messages
 
 _MARKERS = re.compile(f"({re.escape(HUMAN)}|{re.escape(ASSISTANT)})")
 
@@ -45,14 +47,29 @@ class DialogueTokenizer:
     """Tokenize chosen dialogues for SFT, counting cuts and drops like ``PairTokenizer``.
 
     A dialogue over ``max_length`` loses whole human turns from the left (BOS kept); if its last
-    exchange alone is too long it is cut at ``max_length`` and gets no EOS.
+    exchange alone is too long it is cut at ``max_length`` and gets no EOS. With a ``template``
+    (``hhalign.templates.ChatTemplate``) the turns are the template's rendering of the messages, and the
+    template places BOS and the end-of-turn markers.
     """
 
-    def __init__(self, tokenizer: Any, max_length: int) -> None:
+    def __init__(self, tokenizer: Any, max_length: int, template: Any = None) -> None:
         self.tokenizer = tokenizer
         self.max_length = max_length
-        self.bos = _leading_bos(tokenizer)
+        self.template = template
+        self.bos = [] if template is not None else _leading_bos(tokenizer)
         self.counts: Counter[str] = Counter()
+
+    def _versions(self, text: str) -> Iterator[list[tuple[str, bool]]]:
+        """The dialogue's pieces, then the same with leading exchanges dropped, one human turn at a time."""
+        if self.template is None:
+            pieces = dialogue_pieces(text)
+            yield pieces
+            yield from (pieces[i:] for i, (part, _) in enumerate(pieces) if part == HUMAN and i > 0)
+            return
+        messages = to_messages(text)
+        for i, message in enumerate(messages):
+            if i == 0 or message["role"] == "user":
+                yield self.template.pieces(messages[i:])
 
     def _tokenize(self, pieces: list[tuple[str, bool]]) -> TokenizedDialogue:
         ids, targets = list(self.bos), [0] * len(self.bos)
@@ -60,7 +77,8 @@ class DialogueTokenizer:
         for piece_ids, (_, is_target) in zip(encoded, pieces, strict=True):
             ids += piece_ids
             targets += [int(is_target)] * len(piece_ids)
-        if pieces[-1][1]:  # the dialogue ends with an assistant turn: it ended
+        ended = pieces[-1][1]  # the dialogue ends with an assistant turn
+        if ended and (self.template is None or ids[-1] != self.tokenizer.eos_token_id):
             ids.append(self.tokenizer.eos_token_id)
             targets.append(1)
         return TokenizedDialogue(ids, targets)
@@ -69,14 +87,15 @@ class DialogueTokenizer:
         dialogues = []
         for record in records:
             text = record.chosen if record.prompt is None else record.prompt + record.chosen
-            pieces = dialogue_pieces(text)
-            if not any(is_target and text.strip() for text, is_target in pieces):
+            if not any(is_target and part.strip() for part, is_target in dialogue_pieces(text)):
                 self.counts["drop:no_assistant_turn"] += 1
                 continue
-            dialogue = self._tokenize(pieces)
-            starts = [i for i, (text, _) in enumerate(pieces) if text == HUMAN and i > 0]
-            while len(dialogue.ids) > self.max_length and starts:
-                dialogue = self._tokenize(pieces[starts.pop(0) :])
+            versions = self._versions(text)
+            dialogue = self._tokenize(next(versions))
+            for shorter in versions:
+                if len(dialogue.ids) <= self.max_length:
+                    break
+                dialogue = self._tokenize(shorter)
                 self.counts["cut:dialogue_turns"] += 1
             if len(dialogue.ids) > self.max_length:
                 dialogue = TokenizedDialogue(dialogue.ids[: self.max_length], dialogue.targets[: self.max_length])

@@ -47,6 +47,31 @@ class ChatTemplate:
         messages = to_messages(prompt_text)
         return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
 
+    def pieces(self, messages: list[dict[str, str]]) -> list[tuple[str, bool]]:
+        """``(text, is_target)`` pieces of a conversation; concatenated, the template's rendering. Each
+        assistant turn is its header (the generation prompt: context) then its reply and end-of-turn
+        marker (the target); every other turn is context."""
+        pieces, previous = [], ""
+        for i, message in enumerate(messages):
+            if message["role"] == "assistant":
+                header = self.tokenizer.apply_chat_template(messages[:i], tokenize=False, add_generation_prompt=True)
+                self._check_prefix(previous, header)
+                pieces.append((header[len(previous) :], False))
+                previous = header
+            rendered = self.tokenizer.apply_chat_template(messages[: i + 1], tokenize=False)
+            self._check_prefix(previous, rendered)
+            pieces.append((rendered[len(previous) :], message["role"] == "assistant"))
+            previous = rendered
+        return [(text, target) for text, target in pieces if text]
+
+    @staticmethod
+    def _check_prefix(prefix: str, text: str) -> None:
+        if not text.startswith(prefix):
+            raise ConfigError(
+                "the tokenizer's chat template does not render a conversation turn by turn (its text for the "
+                "first turns changes when a turn is added), so targets cannot be placed; turn data.chat_template off"
+            )
+
     def response(self, prompt_text: str, response_text: str) -> str:
         """The text the template adds for the reply, its end-of-turn marker included (trailing space cut)."""
         messages = to_messages(prompt_text)

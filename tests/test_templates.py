@@ -68,3 +68,19 @@ def test_generate_uses_the_template(chat_tokenizer, tiny_dir: Path):
     model = load_model(str(tiny_dir)).eval()
     reply = generate_reply(model, chat_tokenizer, "How do I bake bread?", 4, 0.0, 1.0, chat=True)
     assert reply == generate_reply(model, chat_tokenizer, "How do I bake bread?", 4, 0.0, 1.0, chat=True)
+
+
+def test_sft_targets_are_the_assistant_replies_of_the_rendering(chat_tokenizer):
+    from hhalign.dialogues import DialogueTokenizer
+
+    dialogue_text = PROMPT + " fine, thanks."
+    tokenize = DialogueTokenizer(chat_tokenizer, 256, ChatTemplate(chat_tokenizer))
+    [dialogue] = tokenize([Record(dialogue_text, "x", None, "t")])
+    eos = chat_tokenizer.eos_token
+    messages = to_messages(dialogue_text)
+    assert chat_tokenizer.decode(dialogue.ids) == chat_tokenizer.apply_chat_template(messages, tokenize=False)
+    targets = [i for i, t in zip(dialogue.ids, dialogue.targets, strict=True) if t]
+    assert chat_tokenizer.decode(targets) == f"hello!{eos}fine, thanks.{eos}"  # role headers are context
+    assert dialogue.ids.count(chat_tokenizer.bos_token_id) == 1
+    short = DialogueTokenizer(chat_tokenizer, 20, ChatTemplate(chat_tokenizer))([Record(dialogue_text, "x", None, "t")])
+    assert "hi there" not in chat_tokenizer.decode(short[0].ids) and "fine" in chat_tokenizer.decode(short[0].ids)
