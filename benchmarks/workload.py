@@ -60,8 +60,9 @@ class StepClock:
 def training_flops(result: WorkerResult, reference: bool) -> float:
     """Matmul FLOPs of the timed steps from real tokens only: 6 per parameter per token for the
     trained model (forward + backward), 2 for a frozen reference's forward. The body counts every
-    real token, the LM head only the positions where logits were computed; attention scores are not
-    counted (they are a small share at these lengths and every tool computes the same ones)."""
+    real token, the LM head only the positions where logits were computed. Attention-score FLOPs are
+    not counted, so MFU understates the work, most for the tiny models (hidden size 128 against a few
+    hundred positions); with LoRA the frozen weights get no weight gradient, so 6 per parameter overstates it."""
     per_pass = result.body_params * result.real_tokens + result.head_params * result.logit_positions
     return (6 + (2 if reference else 0)) * per_pass
 

@@ -39,8 +39,7 @@ class Throughput(Callback):
         self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int
     ) -> None:
         seconds = max(time.perf_counter() - self._start, 1e-9)
-        examples = pl_module.examples_in(batch) if hasattr(pl_module, "examples_in") else len(batch["input_ids"])
-        name = getattr(pl_module, "example_name", "pairs")
+        examples, name = pl_module.examples_in(batch), pl_module.example_name
         tokens = int(batch["attention_mask"].sum())
         self.pairs_seen += examples
         self.tokens_seen += tokens

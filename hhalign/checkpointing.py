@@ -21,6 +21,7 @@ from torch import nn
 from hhalign.errors import UserError
 
 FINGERPRINT_KEY = "hhalign_fingerprints"
+REWARD_STATS_KEY = "hhalign_reward_stats"
 TRAINED_PREFIX = {"DPOModule": "policy.", "RewardModule": "model.", "SFTModule": "model."}
 """Where each module keeps its trained model in the state dict (the DPO reference is never saved)."""
 
@@ -62,7 +63,7 @@ def read_trained_weights(path: str) -> TrainedWeights:
     state = {k[len(prefix) :]: v for k, v in checkpoint["state_dict"].items() if k.startswith(prefix)}
     head = "reward" if module == "RewardModule" else "causal_lm"
     hparams = dict(checkpoint.get("hyper_parameters", {}))
-    stats = dict(checkpoint.get("hhalign_reward_stats", {}))
+    stats = dict(checkpoint.get(REWARD_STATS_KEY, {}))
     return TrainedWeights(str(path), module, str(base), head, int(checkpoint["global_step"]), state, hparams, stats)
 
 

@@ -15,7 +15,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from hhalign.pairs import ASSISTANT, HUMAN, _leading_bos
+from hhalign.pairs import ASSISTANT, HUMAN, leading_bos
 from hhalign.records import Record
 from hhalign.templates import to_messages
 
@@ -56,7 +56,7 @@ class DialogueTokenizer:
         self.tokenizer = tokenizer
         self.max_length = max_length
         self.template = template
-        self.bos = [] if template is not None else _leading_bos(tokenizer)
+        self.bos = [] if template is not None else leading_bos(tokenizer)
         self.counts: Counter[str] = Counter()
 
     def _versions(self, text: str) -> Iterator[list[tuple[str, bool]]]:

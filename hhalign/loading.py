@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 from typing import Any
 
@@ -140,6 +141,4 @@ def merged(model: nn.Module) -> nn.Module:
     """The plain model with any LoRA adapters merged into its weights (a copy; ``model`` keeps training)."""
     if not hasattr(model, "merge_and_unload"):
         return model
-    import copy
-
     return copy.deepcopy(model).merge_and_unload()

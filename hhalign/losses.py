@@ -99,24 +99,22 @@ class PairLogps:
     chosen_tokens: Tensor | None = None
     rejected_tokens: Tensor | None = None
 
-    def logratios(self, mean: bool = False) -> tuple[Tensor, Tensor]:
-        """``log π − log π_ref`` of chosen and rejected, summed or per-token averaged."""
+    def reference(self) -> tuple[Tensor, Tensor]:
         if self.ref_chosen is None or self.ref_rejected is None:
             raise ConfigError("this loss needs reference log-probs; it cannot run reference-free")
-        chosen, rejected = self.policy_chosen - self.ref_chosen, self.policy_rejected - self.ref_rejected
-        return (
-            (self._mean(chosen, self.chosen_tokens), self._mean(rejected, self.rejected_tokens))
-            if mean
-            else (
-                chosen,
-                rejected,
-            )
-        )
+        return self.ref_chosen, self.ref_rejected
+
+    def logratios(self, mean: bool = False) -> tuple[Tensor, Tensor]:
+        """``log π − log π_ref`` of chosen and rejected, summed or per-token averaged."""
+        ref_chosen, ref_rejected = self.reference()
+        chosen, rejected = self.policy_chosen - ref_chosen, self.policy_rejected - ref_rejected
+        if mean:
+            return self._mean(chosen, self.chosen_tokens), self._mean(rejected, self.rejected_tokens)
+        return chosen, rejected
 
     def policy_means(self) -> tuple[Tensor, Tensor]:
-        return self._mean(self.policy_chosen, self.chosen_tokens), self._mean(
-            self.policy_rejected, self.rejected_tokens
-        )
+        chosen = self._mean(self.policy_chosen, self.chosen_tokens)
+        return chosen, self._mean(self.policy_rejected, self.rejected_tokens)
 
     @staticmethod
     def _mean(values: Tensor, counts: Tensor | None) -> Tensor:
@@ -205,10 +203,9 @@ def _aot(x: PairLogps, o: LossOptions) -> Tensor:
     """AOT, Melnyk et al. 2024: distributional alignment by optimal transport: the sorted policy margins
     ``log π(y_c) − log π(y_r)`` of the batch against the sorted reference margins, through the (smoothed)
     logistic loss. Per pair after sorting, so pairs are not matched to their own inputs."""
-    if x.ref_chosen is None or x.ref_rejected is None:
-        raise ConfigError("aot needs reference log-probs")
+    ref_chosen, ref_rejected = x.reference()
     policy, _ = torch.sort(x.policy_chosen - x.policy_rejected, dim=0)
-    reference, _ = torch.sort(x.ref_chosen - x.ref_rejected, dim=0)
+    reference, _ = torch.sort(ref_chosen - ref_rejected, dim=0)
     return _smoothed(o.beta * (policy - reference), o.label_smoothing)
 
 

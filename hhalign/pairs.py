@@ -76,7 +76,7 @@ class PairTokenizer:
         self.max_length = max_length
         self.max_response_length = max_response_length or max_length
         self.template = template
-        self.bos = [] if template is not None else _leading_bos(tokenizer)
+        self.bos = [] if template is not None else leading_bos(tokenizer)
         self.counts: Counter[str] = Counter()
 
     def _prompt_text(self, prompt: str) -> str:
@@ -158,7 +158,7 @@ class PairTokenizer:
         return None
 
 
-def _leading_bos(tokenizer: Any) -> list[int]:
+def leading_bos(tokenizer: Any) -> list[int]:
     """``[bos_id]`` when the tokenizer puts BOS in front of a text by itself, else ``[]``."""
     bos = tokenizer.bos_token_id
     if bos is None:

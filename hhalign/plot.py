@@ -104,9 +104,7 @@ class PlotAtFitEnd(Callback):
         if not trainer.is_global_zero:
             return
         for logger in trainer.loggers:
-            save = getattr(logger.experiment, "save", None)  # flush the CSV rows not yet written
-            if callable(save) and hasattr(logger.experiment, "metrics_file_path"):
-                save()
+            logger.save()  # the CSV rows not yet written
         run_dir = Path(trainer.default_root_dir)
         if (run_dir / "metrics.csv").is_file():
             pl_module.print(f"training curves: {plot_run(run_dir)}")

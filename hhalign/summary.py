@@ -13,6 +13,7 @@ import lightning as L
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 
 from hhalign.errors import UserError
+from hhalign.export import ExportAtFitEnd
 
 SUMMARY_FILE = "summary.json"
 TABLE_METRICS = ("val/reward_accuracy", "val/reward_margin", "val/chosen_reward", "val/rejected_reward", "val/loss")
@@ -59,7 +60,7 @@ class RunSummary(Callback):
             if isinstance(callback, ModelCheckpoint) and callback.last_model_path:
                 summary["last_checkpoint"] = callback.last_model_path
         for callback in trainer.callbacks:
-            if type(callback).__name__ == "ExportAtFitEnd":
+            if isinstance(callback, ExportAtFitEnd):
                 summary["export"] = str(callback.dirpath or run_dir / "export")
         if trainer.state.fn == "fit" and (run_dir / "curves.png").exists():
             summary["curves"] = str(run_dir / "curves.png")

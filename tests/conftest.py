@@ -6,6 +6,7 @@ import gzip
 import json
 import os
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -65,3 +66,26 @@ def tiny_args(subcommand: str, config: str, tiny_dir: Path, data: Path, output_d
         "--data.valid_fraction", "0.25", "--output_dir", str(output_dir), "--trainer.enable_progress_bar", "false",
         *extra,
     ]  # fmt: skip
+
+
+def tiny_fit_args(
+    output_dir: Path,
+    tiny_dir: Path,
+    data: Path,
+    config: str,
+    *extra: str,
+    trial: str = "t",
+    steps: int = 4,
+    val_every: int = 2,
+) -> list[str]:
+    """``tiny_args`` for a ``fit`` of ``steps`` steps validating every ``val_every``, in ``output_dir/tiny/<trial>``."""
+    run = ["--trial_name", trial, "--trainer.max_steps", str(steps), "--trainer.val_check_interval", str(val_every)]
+    return tiny_args("fit", config, tiny_dir, data, output_dir, *run, *extra)
+
+
+def fit_tiny(output_dir: Path, tiny_dir: Path, data: Path, config: str, *extra: str, **run: Any) -> Path:
+    """Run ``tiny_fit_args`` through the real CLI in this process; returns the run directory."""
+    from hhalign.cli import main
+
+    main(tiny_fit_args(output_dir, Path(tiny_dir), data, config, *extra, **run))
+    return output_dir / "tiny" / run.get("trial", "t")

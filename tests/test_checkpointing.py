@@ -9,8 +9,9 @@ import pytest
 import torch
 
 from hhalign.checkpointing import AtomicCheckpointIO, CheckpointError, sequences_fingerprint, weights_fingerprint
-from hhalign.cli import main
-from tests.conftest import shipped_records, tiny_args, write_jsonl
+from tests.conftest import fit_tiny, shipped_records, write_jsonl
+
+DPO = "configs/tiny/dpo.yaml"
 
 
 class ExplodesWhenPickled:
@@ -76,32 +77,13 @@ def test_fingerprints_tell_data_and_weights_apart():
     assert weights_fingerprint(a) == weights_fingerprint(a) != weights_fingerprint(b)
 
 
-def _fit(tmp_path: Path, tiny_dir: Path, data: Path, *extra: str) -> None:
-    main(
-        tiny_args(
-            "fit",
-            "configs/tiny/dpo.yaml",
-            tiny_dir,
-            data,
-            tmp_path,
-            "--trial_name",
-            "t",
-            "--trainer.max_steps",
-            "2",
-            "--trainer.val_check_interval",
-            "2",
-            *extra,
-        )
-    )
-
-
 @pytest.mark.slow
 def test_resume_refuses_other_data_or_reference_or_module(tmp_path: Path, tiny_dir: Path, small_jsonl: Path):
-    _fit(tmp_path, tiny_dir, small_jsonl)
+    fit_tiny(tmp_path, tiny_dir, small_jsonl, DPO, steps=2)
     last = tmp_path / "tiny" / "t" / "checkpoints" / "last.ckpt"
     other_data = write_jsonl(tmp_path / "other.jsonl", shipped_records(60)[12:])
     with pytest.raises(SystemExit) as exited:
-        _fit(tmp_path, tiny_dir, other_data, "--trainer.max_steps", "4", "--ckpt_path", str(last))
+        fit_tiny(tmp_path, tiny_dir, other_data, DPO, "--ckpt_path", str(last))
     assert "the training data" in str(exited.value.code) and "differ from the checkpoint" in str(exited.value.code)
 
     other_ref = tmp_path / "other-ref"
@@ -113,12 +95,11 @@ def test_resume_refuses_other_data_or_reference_or_module(tmp_path: Path, tiny_d
         model.lm_head.weight.mul_(1.01)
     model.save_pretrained(other_ref)
     with pytest.raises(SystemExit) as exited:
-        _fit(
+        fit_tiny(
             tmp_path,
             tiny_dir,
             small_jsonl,
-            "--trainer.max_steps",
-            "4",
+            DPO,
             "--ckpt_path",
             str(last),
             "--model.ref_model_name_or_path",
@@ -127,19 +108,5 @@ def test_resume_refuses_other_data_or_reference_or_module(tmp_path: Path, tiny_d
     assert "reference model's weights differ" in str(exited.value.code)
 
     with pytest.raises(SystemExit) as exited:
-        main(
-            tiny_args(
-                "fit",
-                "configs/tiny/rm.yaml",
-                tiny_dir,
-                small_jsonl,
-                tmp_path,
-                "--trial_name",
-                "t",
-                "--trainer.max_steps",
-                "4",
-                "--ckpt_path",
-                str(last),
-            )
-        )
+        fit_tiny(tmp_path, tiny_dir, small_jsonl, "configs/tiny/rm.yaml", "--ckpt_path", str(last))
     assert "the training module differ" in str(exited.value.code)

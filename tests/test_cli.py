@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from hhalign.cli import main
-from tests.conftest import REPO, tiny_args
+from tests.conftest import REPO, fit_tiny
 
 CONFIGS = sorted((REPO / "configs").rglob("*.yaml"))
 
@@ -66,26 +66,6 @@ def test_bad_model_options_fail_at_parse_time(
     assert message in capsys.readouterr().err
 
 
-def _fit(tmp_path: Path, tiny_dir: Path, data: Path, config: str, *extra: str) -> Path:
-    main(
-        tiny_args(
-            "fit",
-            config,
-            tiny_dir,
-            data,
-            tmp_path,
-            "--trial_name",
-            "t",
-            "--trainer.max_steps",
-            "4",
-            "--trainer.val_check_interval",
-            "2",
-            *extra,
-        )
-    )
-    return tmp_path / "tiny" / "t"
-
-
 def _rows(run_dir: Path) -> list[dict[str, str]]:
     with open(run_dir / "metrics.csv") as handle:
         return list(csv.DictReader(handle))
@@ -93,7 +73,7 @@ def _rows(run_dir: Path) -> list[dict[str, str]]:
 
 @pytest.mark.slow
 def test_dpo_fit_end_to_end(tmp_path: Path, tiny_dir: Path, small_jsonl: Path):
-    run_dir = _fit(tmp_path, tiny_dir, small_jsonl, "configs/tiny/dpo.yaml")
+    run_dir = fit_tiny(tmp_path, tiny_dir, small_jsonl, "configs/tiny/dpo.yaml")
     rows = _rows(run_dir)
     train = [r for r in rows if r.get("train/loss")]
     assert [int(r["step"]) for r in train] == [0, 1, 2, 3]
@@ -112,12 +92,12 @@ def test_dpo_fit_end_to_end(tmp_path: Path, tiny_dir: Path, small_jsonl: Path):
 def test_dpo_checkpoint_holds_no_reference_and_resumes(tmp_path: Path, tiny_dir: Path, small_jsonl: Path):
     import torch
 
-    run_dir = _fit(tmp_path, tiny_dir, small_jsonl, "configs/tiny/dpo.yaml")
+    run_dir = fit_tiny(tmp_path, tiny_dir, small_jsonl, "configs/tiny/dpo.yaml")
     checkpoint = torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
     keys = checkpoint["state_dict"].keys()
     assert any(k.startswith("policy.") for k in keys) and not any(k.startswith("ref.") for k in keys)
     assert checkpoint["global_step"] == 4
-    _fit(
+    fit_tiny(
         tmp_path,
         tiny_dir,
         small_jsonl,
@@ -133,7 +113,7 @@ def test_dpo_checkpoint_holds_no_reference_and_resumes(tmp_path: Path, tiny_dir:
 
 @pytest.mark.slow
 def test_rm_fit_end_to_end(tmp_path: Path, tiny_dir: Path, small_jsonl: Path):
-    run_dir = _fit(tmp_path, tiny_dir, small_jsonl, "configs/tiny/rm.yaml")
+    run_dir = fit_tiny(tmp_path, tiny_dir, small_jsonl, "configs/tiny/rm.yaml")
     rows = _rows(run_dir)
     losses = [float(r["train/loss"]) for r in rows if r.get("train/loss")]
     assert len(losses) == 4 and all(math.isfinite(x) for x in losses)
@@ -192,7 +172,7 @@ def test_wandb_offline_beside_the_csv_log_resumes_its_run_and_keeps_secrets_out(
     secret = "0123456789abcdef0123456789abcdef01234567"
     monkeypatch.setenv("WANDB_SILENT", "true")
     monkeypatch.setenv("WANDB_API_KEY", secret)
-    run_dir = _fit(
+    run_dir = fit_tiny(
         tmp_path, tiny_dir, small_jsonl, "configs/tiny/dpo.yaml", "--wandb_mode", "offline", "--trainer.max_steps", "2"
     )
     run_id = (run_dir / "wandb_run_id.txt").read_text().strip()
@@ -204,7 +184,7 @@ def test_wandb_offline_beside_the_csv_log_resumes_its_run_and_keeps_secrets_out(
     assert b"hhalign_config" in record and b"hhalign.DPOModule" in record
     assert str(small_jsonl).encode() in record and b"tiny" in record
 
-    _fit(
+    fit_tiny(
         tmp_path,
         tiny_dir,
         small_jsonl,
@@ -227,11 +207,11 @@ def test_wandb_offline_beside_the_csv_log_resumes_its_run_and_keeps_secrets_out(
 def test_resume_from_an_earlier_checkpoint_logs_each_step_once(tmp_path: Path, tiny_dir: Path, small_jsonl: Path):
     import shutil
 
-    run_dir = _fit(tmp_path, tiny_dir, small_jsonl, "configs/tiny/dpo.yaml", "--trainer.max_steps", "2")
+    run_dir = fit_tiny(tmp_path, tiny_dir, small_jsonl, "configs/tiny/dpo.yaml", "--trainer.max_steps", "2")
     early = tmp_path / "step2.ckpt"
     shutil.copy(run_dir / "checkpoints" / "last.ckpt", early)
-    _fit(tmp_path, tiny_dir, small_jsonl, "configs/tiny/dpo.yaml", "--ckpt_path", str(early))  # on to step 4
-    _fit(tmp_path, tiny_dir, small_jsonl, "configs/tiny/dpo.yaml", "--ckpt_path", str(early))  # steps 2, 3 again
+    fit_tiny(tmp_path, tiny_dir, small_jsonl, "configs/tiny/dpo.yaml", "--ckpt_path", str(early))  # on to step 4
+    fit_tiny(tmp_path, tiny_dir, small_jsonl, "configs/tiny/dpo.yaml", "--ckpt_path", str(early))  # steps 2, 3 again
     rows = _rows(run_dir)
     assert [int(r["step"]) for r in rows if r.get("train/loss")] == [0, 1, 2, 3]
     assert sum(1 for r in rows if r.get("val/reward_accuracy")) == 2

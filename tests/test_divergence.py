@@ -8,31 +8,14 @@ from pathlib import Path
 import pytest
 import torch
 
-from hhalign.cli import main
-from tests.conftest import tiny_args
+from tests.conftest import fit_tiny
+
+NAN_AT_STEP_2 = ("--trainer.callbacks+=tests.faults.NaNLossAtStep", "--trainer.callbacks.step", "2")
 
 
 def _fit(tmp_path: Path, tiny_dir: Path, data: Path, *extra: str) -> Path:
-    main(
-        tiny_args(
-            "fit",
-            "configs/tiny/dpo.yaml",
-            tiny_dir,
-            data,
-            tmp_path,
-            "--trial_name",
-            "t",
-            "--trainer.max_steps",
-            "4",
-            "--trainer.val_check_interval",
-            "2",
-            "--trainer.callbacks+=tests.faults.NaNLossAtStep",
-            "--trainer.callbacks.step",
-            "2",
-            *extra,
-        )
-    )
-    return tmp_path / "tiny" / "t"
+    """A 4-step DPO run whose loss turns NaN at step 2."""
+    return fit_tiny(tmp_path, tiny_dir, data, "configs/tiny/dpo.yaml", *NAN_AT_STEP_2, *extra)
 
 
 @pytest.mark.slow

@@ -20,7 +20,7 @@ from hhalign.losses import sequence_logps
 from hhalign.modules import DPOModule, RewardModule, SFTModule
 from hhalign.plot import plot_run
 from hhalign.records import Record
-from tests.conftest import tiny_args
+from tests.conftest import fit_tiny
 
 DIALOGUE = "\n\nHuman: hi there\n\nAssistant: hello!\n\nHuman: how are you?\n\nAssistant: fine, thanks."
 
@@ -72,14 +72,8 @@ def test_data_module_builds_dialogues_for_sft(tiny_dir: Path, small_jsonl: Path)
     assert (batch["loss_mask"] <= batch["attention_mask"]).all() and batch["loss_mask"].sum() > 0
 
 
-def _fit(tmp_path: Path, tiny_dir: Path | str, data: Path, config: str, trial: str, *extra: str) -> Path:
-    main(
-        tiny_args(
-            "fit", config, Path(tiny_dir), data, tmp_path, "--trial_name", trial,
-            "--trainer.max_steps", "4", "--trainer.val_check_interval", "2", *extra,
-        )
-    )  # fmt: skip
-    return tmp_path / "tiny" / trial
+def _fit(tmp_path: Path, tiny_dir: Path, data: Path, config: str, trial: str) -> Path:
+    return fit_tiny(tmp_path, tiny_dir, data, config, trial=trial)
 
 
 @pytest.fixture(scope="module")

@@ -11,28 +11,27 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import REPO, tiny_args
+from tests.conftest import REPO, tiny_fit_args
 
 
 def _run(tmp_path: Path, tiny_dir: Path, data: Path, trial: str, *extra: str) -> subprocess.CompletedProcess:
-    args = tiny_args(
-        "fit",
-        "configs/tiny/dpo.yaml",
-        tiny_dir,
-        data,
-        tmp_path,
-        "--trial_name",
-        trial,
-        "--trainer.max_steps",
-        "8",
-        "--trainer.val_check_interval",
-        "100",
+    checkpoint_every_2 = (
         "--trainer.callbacks+=lightning.pytorch.callbacks.ModelCheckpoint",
         "--trainer.callbacks.every_n_train_steps",
         "2",
         "--trainer.callbacks.save_last",
         "true",
+    )
+    args = tiny_fit_args(
+        tmp_path,
+        tiny_dir,
+        data,
+        "configs/tiny/dpo.yaml",
+        *checkpoint_every_2,
         *extra,
+        trial=trial,
+        steps=8,
+        val_every=100,
     )
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
     return subprocess.run(

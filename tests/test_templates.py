@@ -66,8 +66,13 @@ def test_generate_uses_the_template(chat_tokenizer, tiny_dir: Path):
     from hhalign.use import generate_reply
 
     model = load_model(str(tiny_dir)).eval()
+    prompts = []
+    generate = model.generate
+    model.generate = lambda input_ids, **kw: prompts.append(input_ids) or generate(input_ids=input_ids, **kw)
     reply = generate_reply(model, chat_tokenizer, "How do I bake bread?", 4, 0.0, 1.0, chat=True)
     assert reply == generate_reply(model, chat_tokenizer, "How do I bake bread?", 4, 0.0, 1.0, chat=True)
+    bos, eos = chat_tokenizer.bos_token, chat_tokenizer.eos_token
+    assert chat_tokenizer.decode(prompts[0][0]) == f"{bos}[user] How do I bake bread?{eos}[assistant] "
 
 
 def test_sft_targets_are_the_assistant_replies_of_the_rendering(chat_tokenizer):

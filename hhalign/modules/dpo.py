@@ -31,6 +31,7 @@ from hhalign.modules.base import AlignmentModule, PairOutputs
 
 REF_PREFIX = "ref."
 BCO_KEY = "hhalign_bco_running_mean"
+KL_CHUNK = 256  # tokens per slice of the KL diagnostic
 
 
 class DPOModule(AlignmentModule):
@@ -205,12 +206,23 @@ class DPOModule(AlignmentModule):
 
 def chosen_kl(policy_logits: Tensor, ref_logits: Tensor, sequences: Tensor, n_pairs: int) -> Tensor:
     """Per-pair mean over the chosen response's tokens of the exact ``KL(π ‖ π_ref)`` of the next-token
-    distributions, ``(B,)``; the logits are those of the scored positions (chosen rows are sequences < B)."""
-    chosen = sequences < n_pairs
-    log_p = F.log_softmax(policy_logits[chosen].float(), dim=-1)
-    log_q = F.log_softmax(ref_logits[chosen].float(), dim=-1)
-    per_token = (log_p.exp() * (log_p - log_q)).sum(-1)
-    rows = sequences[chosen]
+    distributions, ``(B,)``; the logits are those of the scored positions (chosen rows are sequences < B).
+
+    It runs every step, so the float32 vocabulary-wide temporaries are made ``KL_CHUNK`` tokens at a time.
+    """
+    positions = (sequences < n_pairs).nonzero().squeeze(1)
+    per_token = torch.cat(
+        [
+            F.kl_div(
+                F.log_softmax(ref_logits[chunk].float(), dim=-1),
+                F.log_softmax(policy_logits[chunk].float(), dim=-1),
+                reduction="none",
+                log_target=True,
+            ).sum(-1)
+            for chunk in positions.split(KL_CHUNK)
+        ]
+    )
+    rows = sequences[positions]
     total = per_token.new_zeros(n_pairs).index_add(0, rows, per_token)
     count = per_token.new_zeros(n_pairs).index_add(0, rows, torch.ones_like(per_token))
     return total / count.clamp(min=1)

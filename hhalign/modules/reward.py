@@ -7,12 +7,11 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from hhalign.checkpointing import REWARD_STATS_KEY
 from hhalign.forward import last_hidden, model_inputs
 from hhalign.loading import load_model
 from hhalign.losses import bradley_terry_loss
 from hhalign.modules.base import AlignmentModule, PairOutputs
-
-REWARD_STATS_KEY = "hhalign_reward_stats"
 
 
 class RewardModule(AlignmentModule):
