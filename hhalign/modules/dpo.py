@@ -170,13 +170,13 @@ class DPOModule(AlignmentModule):
         ):
             return
         chosen, rejected = x.logratios()
-        worst = float(torch.cat([chosen, rejected]).abs().max())
+        worst = float(torch.cat([chosen, rejected]).detach().abs().max())
         if worst > 1e-3:
             rank_zero_warn(
                 f"policy and reference DISAGREE at step 0: |log π − log π_ref| up to {worst:.4g} (expected 0; "
-                f"sigmoid loss would be ln 2 = {math.log(2):.4f}, got {float(losses.mean()):.4f}). The reference is "
-                "not the policy's starting weights, or the two models see different inputs (dropout, dtype, "
-                "attention implementation, tokenizer)."
+                f"sigmoid loss would be ln 2 = {math.log(2):.4f}, got {float(losses.detach().mean()):.4f}). The "
+                "reference is not the policy's starting weights, or the two models see different inputs (dropout, "
+                "dtype, attention implementation, tokenizer)."
             )
 
     def fingerprints(self) -> dict[str, str]:
