@@ -19,6 +19,26 @@ SUMMARY_FILE = "summary.json"
 TABLE_METRICS = ("val/reward_accuracy", "val/reward_margin", "val/chosen_reward", "val/rejected_reward", "val/loss")
 
 
+def wilson_interval(successes: float, n: int, z: float = 1.96) -> tuple[float, float]:
+    """The Wilson score interval of a proportion (95% for z = 1.96): unlike the normal approximation it
+    stays inside [0, 1] and behaves near 0 and 1, which an accuracy over a few hundred pairs needs."""
+    if n <= 0:
+        raise ValueError(f"n must be positive (got {n})")
+    p = successes / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def accuracy_interval(final_validation: dict[str, float]) -> dict[str, Any] | None:
+    """The 95% interval of the final validation accuracy, when the run logged how many pairs it saw."""
+    accuracy, pairs = final_validation.get("val/reward_accuracy"), final_validation.get("val/examples")
+    if accuracy is None or not pairs:
+        return None
+    low, high = wilson_interval(round(accuracy * pairs), int(pairs))
+    return {"pairs": int(pairs), "wilson95": [low, high]}
+
+
 def _number(value: Any) -> float | None:
     try:
         number = float(value)
@@ -47,6 +67,8 @@ class RunSummary(Callback):
             "run_dir": str(run_dir),
             "metrics": str(run_dir / "metrics.csv"),
         }
+        if interval := accuracy_interval(summary["final_validation"]):
+            summary["reward_accuracy_interval"] = interval
         if trainer.state.fn == "validate":
             summary["validated_checkpoint"] = trainer.ckpt_path
         for callback in trainer.checkpoint_callbacks if trainer.state.fn == "fit" else []:
@@ -71,8 +93,13 @@ class RunSummary(Callback):
 
 def format_summary(summary: dict[str, Any]) -> str:
     lines = [f"== hhalign: {summary['module']} on {summary['model']}, {summary['steps']} training steps =="]
+    interval = summary.get("reward_accuracy_interval")
     for key, value in summary["final_validation"].items():
-        lines.append(f"  {key:<24} {value:.4f}")
+        line = f"  {key:<24} {int(value)}" if key.endswith("/examples") else f"  {key:<24} {value:.4f}"
+        if key == "val/reward_accuracy" and interval:
+            low, high = interval["wilson95"]
+            line += f"  (95% interval {low:.3f}–{high:.3f} over {interval['pairs']} pairs; chance is 0.5)"
+        lines.append(line)
     if best := summary.get("best"):
         lines.append(f"  best {best['metric']} = {best['value']:.4f}: {best['checkpoint']}")
     for key in ("validated_checkpoint", "last_checkpoint", "curves", "export", "metrics"):
@@ -90,10 +117,16 @@ def summary_table(run_dirs: list[str]) -> str:
             raise UserError(f"{path} does not exist; give run directories of finished `hhalign fit` runs")
         rows.append(json.loads(path.read_text()))
     columns = [m for m in (*TABLE_METRICS, "val/perplexity") if any(m in r["final_validation"] for r in rows)]
-    lines = ["| run | module | model | steps | " + " | ".join(columns) + " |", "|---" * (4 + len(columns)) + "|"]
+    with_interval = any("reward_accuracy_interval" in r for r in rows)
+    headers = [*columns, "accuracy 95% interval (pairs)"] if with_interval else columns
+    lines = ["| run | module | model | steps | " + " | ".join(headers) + " |", "|---" * (4 + len(headers)) + "|"]
     for r in rows:
         values = [r["final_validation"].get(m) for m in columns]
         cells = ["" if v is None else f"{v:.4f}" for v in values]
+        if with_interval:
+            interval = r.get("reward_accuracy_interval")
+            low_high = interval and "{:.3f}–{:.3f} ({})".format(*interval["wilson95"], interval["pairs"])
+            cells.append(low_high or "")
         name = "/".join(Path(r["run_dir"]).parts[-2:])
         lines.append(f"| {name} | {r['module']} | {r['model']} | {r['steps']} | " + " | ".join(cells) + " |")
     return "\n".join(lines)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import json
 import math
 from pathlib import Path
 
@@ -83,6 +84,12 @@ def test_dpo_fit_end_to_end(tmp_path: Path, tiny_dir: Path, small_jsonl: Path):
     val = [r for r in rows if r.get("val/reward_accuracy")]
     assert len(val) == 2 and all(0 <= float(r["val/reward_accuracy"]) <= 1 for r in val)
     assert any(r.get("lr-AdamW") for r in rows)
+    # the final validation saw every validation pair, and the summary puts error bars on its accuracy
+    n_val = json.loads((run_dir / "data_summary.json").read_text())["kept"]["val"]
+    assert float(val[-1]["val/examples"]) == n_val
+    interval = json.loads((run_dir / "summary.json").read_text())["reward_accuracy_interval"]
+    low, high = interval["wilson95"]
+    assert interval["pairs"] == n_val and low <= float(val[-1]["val/reward_accuracy"]) <= high
     written = {p.name for p in run_dir.iterdir()}
     assert {"config.yaml", "data_summary.json", "metrics.csv", "curves.png", "summary.json", "export"} <= written
     assert (run_dir / "checkpoints" / "last.ckpt").exists()

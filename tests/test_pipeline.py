@@ -20,6 +20,7 @@ from hhalign.losses import sequence_logps
 from hhalign.modules import DPOModule, RewardModule, SFTModule
 from hhalign.plot import plot_run
 from hhalign.records import Record
+from hhalign.summary import accuracy_interval, format_summary, summary_table, wilson_interval
 from tests.conftest import fit_tiny
 
 DIALOGUE = "\n\nHuman: hi there\n\nAssistant: hello!\n\nHuman: how are you?\n\nAssistant: fine, thanks."
@@ -151,6 +152,26 @@ def test_export_reloads_with_plain_transformers_and_matches(
     info = json.loads((rm_out / "hhalign_export.json").read_text())
     assert info["module"] == "RewardModule" and info["step"] == 4
     assert info["reward_stats"]["count"] > 0 and info["reward_stats"]["std"] > 0  # for normalising scores
+
+
+def test_wilson_interval_matches_newcombe():
+    """Newcombe (1998), Statistics in Medicine 17:857, table I: 81/263 and 0/10."""
+    low, high = wilson_interval(81, 263)
+    assert round(low, 4) == 0.2553 and round(high, 4) == 0.3662
+    assert wilson_interval(0, 10) == (0.0, pytest.approx(0.2775, abs=1e-4))
+    with pytest.raises(ValueError, match="n must be positive"):
+        wilson_interval(0, 0)
+
+
+def test_summary_table_shows_the_accuracy_interval(tmp_path: Path):
+    summary = {"module": "DPOModule", "model": "m", "steps": 5, "run_dir": str(tmp_path / "exp" / "dpo")}
+    summary["final_validation"] = {"val/reward_accuracy": 0.75, "val/examples": 40.0}
+    summary["reward_accuracy_interval"] = accuracy_interval(summary["final_validation"])
+    (tmp_path / "summary.json").write_text(json.dumps(summary))
+    table = summary_table([str(tmp_path)])
+    low, high = wilson_interval(30, 40)
+    assert f"{low:.3f}–{high:.3f} (40)" in table and "| exp/dpo | DPOModule | m | 5 | 0.7500 |" in table
+    assert "over 40 pairs" in format_summary(summary)
 
 
 def test_plot_draws_every_dpo_panel(tmp_path: Path):

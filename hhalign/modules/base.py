@@ -9,7 +9,7 @@ import lightning as L
 import torch
 from lightning.pytorch.cli import OptimizerCallable
 from torch import Tensor, nn
-from torchmetrics import MeanMetric
+from torchmetrics import MeanMetric, SumMetric
 from transformers import get_scheduler
 
 from hhalign.checkpointing import FINGERPRINT_KEY, check_fingerprints, checkpoint_dir
@@ -123,6 +123,8 @@ class AlignmentModule(L.LightningModule):
         names = self.metric_names()
         for stage in STAGES:  # one metric object per stage, as torchmetrics expects for correct syncing
             setattr(self, f"{stage}_metrics", nn.ModuleDict({n: MeanMetric() for n in names}))
+        # how many pairs (or dialogues) an evaluation saw: the n behind its accuracy, for its error bars
+        self.eval_examples = nn.ModuleDict({stage: SumMetric() for stage in STAGES if stage != "train"})
 
     def metric_names(self) -> tuple[str, ...]:
         return PAIR_METRICS + self.extra_metrics
@@ -213,6 +215,9 @@ class AlignmentModule(L.LightningModule):
                 batch_size=out.batch_size,
                 prog_bar=name == self.progress_metrics[-1],
             )
+        examples = self.eval_examples[stage]
+        examples.update(float(out.batch_size))
+        self.log(f"{stage}/examples", examples, on_step=False, on_epoch=True, batch_size=out.batch_size)
 
     def validation_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
         self._evaluation_step("val", batch, batch_idx)
