@@ -17,6 +17,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from workload import StepClock, WorkerResult  # noqa: E402
 
 from hhalign.data import PreferenceDataModule  # noqa: E402
+from hhalign.forward import unwrapped  # noqa: E402
 from hhalign.modules import DPOModule, RewardModule  # noqa: E402
 from hhalign.packing import batch_pairs, is_packed  # noqa: E402
 
@@ -90,8 +91,7 @@ def main() -> None:
     )
     trainer.fit(module, data)
     result.seconds = clock.seconds()
-    model = module.trainable_module()
-    model = model.get_base_model() if hasattr(model, "get_base_model") else model
+    model = unwrapped(module.trainable_module())
     embeddings = model.get_input_embeddings().weight.numel()
     head = model.get_output_embeddings() if args.task == "dpo" else None
     result.head_params = head.weight.numel() if head is not None else 0

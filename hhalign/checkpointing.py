@@ -13,7 +13,6 @@ from typing import Any
 
 import lightning as L
 import torch
-from lightning.fabric.utilities.cloud_io import _load as pl_load
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 from torch import nn
@@ -45,13 +44,20 @@ class TrainedWeights:
     reward_stats: dict[str, float]
 
 
+def module_head(module: str) -> str:
+    """The head of the model an hhalign module trains: ``reward`` for the reward model, else ``causal_lm``."""
+    return "reward" if module == "RewardModule" else "causal_lm"
+
+
 def is_checkpoint_file(name_or_path: str) -> bool:
     return str(name_or_path).endswith(".ckpt")
 
 
 def read_trained_weights(path: str) -> TrainedWeights:
-    """Read an hhalign ``.ckpt`` as a model to start from or to export."""
-    checkpoint = AtomicCheckpointIO().load_checkpoint(path)
+    """Read an hhalign ``.ckpt`` as a model to start from or to export. The weights are memory-mapped:
+    a caller that only wants ``base`` (the tokenizer's source) reads no tensor, and one that loads them
+    into a model holds no second full copy."""
+    checkpoint = AtomicCheckpointIO().load_checkpoint(path, mmap=True)
     module = checkpoint.get(FINGERPRINT_KEY, {}).get("module")
     base = checkpoint.get("hyper_parameters", {}).get("model_name_or_path")
     if module not in TRAINED_PREFIX or not base:
@@ -61,10 +67,11 @@ def read_trained_weights(path: str) -> TrainedWeights:
         )
     prefix = TRAINED_PREFIX[module]
     state = {k[len(prefix) :]: v for k, v in checkpoint["state_dict"].items() if k.startswith(prefix)}
-    head = "reward" if module == "RewardModule" else "causal_lm"
     hparams = dict(checkpoint.get("hyper_parameters", {}))
     stats = dict(checkpoint.get(REWARD_STATS_KEY, {}))
-    return TrainedWeights(str(path), module, str(base), head, int(checkpoint["global_step"]), state, hparams, stats)
+    return TrainedWeights(
+        str(path), module, str(base), module_head(module), int(checkpoint["global_step"]), state, hparams, stats
+    )
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
@@ -88,8 +95,11 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         finally:
             partial.unlink(missing_ok=True)
 
-    def load_checkpoint(self, path: Any, map_location: Any = None, weights_only: bool | None = None) -> dict[str, Any]:
-        """Load with ``weights_only=True`` unless the user passed ``--weights_only false``."""
+    def load_checkpoint(
+        self, path: Any, map_location: Any = None, weights_only: bool | None = None, mmap: bool = False
+    ) -> dict[str, Any]:
+        """Load with ``weights_only=True`` unless the user passed ``--weights_only false``; ``mmap`` maps
+        the tensors from the file instead of reading them all into memory up front."""
         if not Path(path).is_file():
             raise CheckpointError(
                 f"checkpoint {path} does not exist; give a .ckpt file written by hhalign, or "
@@ -97,7 +107,7 @@ class AtomicCheckpointIO(TorchCheckpointIO):
             )
         safe = True if weights_only is None else weights_only
         try:
-            checkpoint = pl_load(path, map_location=map_location or "cpu", weights_only=safe)
+            checkpoint = torch.load(path, map_location=map_location or "cpu", weights_only=safe, mmap=mmap)
         except Exception as err:  # torch raises pickle, zip, EOF and runtime errors for a bad file
             hint = " If you trust its source and it holds custom objects, pass --weights_only false." if safe else ""
             first_line = (str(err).splitlines() or [""])[0][:200]

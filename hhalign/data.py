@@ -183,10 +183,9 @@ class PreferenceDataModule(L.LightningDataModule):
 
     def example_tokenizer(self, tokenizer: Any) -> Any:
         """Records to examples, with a ``counts`` Counter of cuts and drops."""
-        if self.example_kind == "dialogues":
-            template = ChatTemplate(tokenizer) if self.hparams.chat_template else None
-            return DialogueTokenizer(tokenizer, self.hparams.max_length, template)
         template = ChatTemplate(tokenizer) if self.hparams.chat_template else None
+        if self.example_kind == "dialogues":
+            return DialogueTokenizer(tokenizer, self.hparams.max_length, template)
         return PairTokenizer(tokenizer, self.hparams.max_length, self.hparams.max_response_length, template)
 
     def make_collator(self, tokenizer: Any) -> Any:

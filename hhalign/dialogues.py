@@ -6,7 +6,6 @@ boundaries exactly; the human turns, the role markers and the padding carry no l
 
 from __future__ import annotations
 
-import re
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -15,11 +14,9 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from hhalign.pairs import ASSISTANT, HUMAN, leading_bos
+from hhalign.pairs import ASSISTANT, HUMAN, TURN_MARKERS, leading_bos
 from hhalign.records import Record
 from hhalign.templates import to_messages
-
-_MARKERS = re.compile(f"({re.escape(HUMAN)}|{re.escape(ASSISTANT)})")
 
 
 @dataclass(frozen=True)
@@ -34,7 +31,7 @@ def dialogue_pieces(text: str) -> list[tuple[str, bool]]:
     """``(text, is_target)`` pieces of a dialogue: markers and human turns are context, assistant
     turns are targets. Concatenated, the pieces give back ``text``."""
     pieces, role = [], None
-    for part in _MARKERS.split(text):
+    for part in TURN_MARKERS.split(text):
         if part in (HUMAN, ASSISTANT):
             role = part
             pieces.append((part, False))

@@ -13,8 +13,8 @@ import lightning as L
 from lightning.pytorch.callbacks import Callback
 from torch import nn
 
-from hhalign.checkpointing import read_trained_weights
-from hhalign.loading import load_model, load_tokenizer, merged
+from hhalign.checkpointing import module_head, read_trained_weights
+from hhalign.loading import load_tokenizer, merged, model_from_trained
 
 EXPORT_INFO = "hhalign_export.json"
 
@@ -40,11 +40,11 @@ def export_model(model: nn.Module, tokenizer: Any, out: str | Path, info: dict[s
 def export_checkpoint(ckpt: str, out: str) -> Path:
     """Export the trained model of an hhalign checkpoint."""
     trained = read_trained_weights(ckpt)
-    model = load_model(ckpt, head=trained.head)
+    model = model_from_trained(trained, trained.head)
     info = {"source": str(ckpt), "module": trained.module, "base": trained.base, "head": trained.head}
     if trained.reward_stats:
         info["reward_stats"] = trained.reward_stats
-    return export_model(model, load_tokenizer(ckpt), out, {**info, "step": trained.step})
+    return export_model(model, load_tokenizer(trained.base), out, {**info, "step": trained.step})
 
 
 class ExportAtFitEnd(Callback):
@@ -63,7 +63,7 @@ class ExportAtFitEnd(Callback):
             "source": "fit",
             "module": type(pl_module).__name__,
             "base": hp.model_name_or_path,
-            "head": "reward" if type(pl_module).__name__ == "RewardModule" else "causal_lm",
+            "head": module_head(type(pl_module).__name__),
             "step": trainer.global_step,
         }
         if getattr(pl_module, "reward_stats", None):

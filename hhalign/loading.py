@@ -74,23 +74,14 @@ def load_model(
     weights loaded over it, so a DPO or RM run can start from an SFT run without an export step.
     """
     _check_exists(name_or_path, "model")
+    options = {
+        "disable_dropout": disable_dropout,
+        "dtype": dtype,
+        "attn_implementation": attn_implementation,
+        "trust_remote_code": trust_remote_code,
+    }
     if is_checkpoint_file(name_or_path):
-        trained = read_trained_weights(name_or_path)
-        model = load_model(
-            trained.base,
-            head=head,
-            disable_dropout=disable_dropout,
-            dtype=dtype,
-            attn_implementation=attn_implementation,
-            trust_remote_code=trust_remote_code,
-        )
-        if trained.hparams.get("lora_rank", 0) > 0:  # adapters: load them over the base, then merge
-            hp = trained.hparams
-            model = with_lora(model, hp["lora_rank"], hp.get("lora_alpha", 16.0), hp.get("lora_target_modules"))
-            load_trained(model, trained, head)
-            return model.merge_and_unload()
-        load_trained(model, trained, head)
-        return model
+        return model_from_trained(read_trained_weights(name_or_path), head, **options)
     overrides: dict[str, Any] = {"num_labels": 1} if head == "reward" else {}
     auto = AutoModelForSequenceClassification if head == "reward" else AutoModelForCausalLM
     try:
@@ -105,6 +96,18 @@ def load_model(
         )
     except (OSError, ValueError) as err:
         raise ModelLoadError(f"could not load model {name_or_path!r}: {err}") from err
+
+
+def model_from_trained(trained: TrainedWeights, head: str = "causal_lm", **options: Any) -> Any:
+    """The model a checkpoint's run started from (``load_model`` options), with the trained weights over it."""
+    model = load_model(trained.base, head=head, **options)
+    if trained.hparams.get("lora_rank", 0) > 0:  # adapters: load them over the base, then merge
+        hp = trained.hparams
+        model = with_lora(model, hp["lora_rank"], hp.get("lora_alpha", 16.0), hp.get("lora_target_modules"))
+        load_trained(model, trained, head)
+        return model.merge_and_unload()
+    load_trained(model, trained, head)
+    return model
 
 
 def load_trained(model: nn.Module, trained: TrainedWeights, head: str) -> None:

@@ -124,7 +124,7 @@ class PairLogps:
 @dataclass(frozen=True)
 class LossOptions:
     """Hyper-parameters the losses read. ``bco_delta`` is ``bco_pair``'s running mean of rewards,
-    kept by the caller (``BCORunningMean``)."""
+    kept by the caller (``DPOModule``, across steps and in its checkpoints)."""
 
     beta: float
     label_smoothing: float = 0.0

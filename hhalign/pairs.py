@@ -8,6 +8,7 @@ separately, then concatenated: the two sequences of a pair differ only after the
 from __future__ import annotations
 
 import os
+import re
 from collections import Counter
 from dataclasses import dataclass
 from typing import Any
@@ -17,6 +18,8 @@ from hhalign.records import Record
 
 ASSISTANT = "\n\nAssistant:"
 HUMAN = "\n\nHuman:"
+TURN_MARKERS = re.compile(f"({re.escape(HUMAN)}|{re.escape(ASSISTANT)})")
+"""Splits a dialogue into its markers and turns, keeping the markers (``TURN_MARKERS.split``)."""
 
 
 @dataclass(frozen=True)

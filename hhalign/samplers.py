@@ -17,7 +17,6 @@ class ResumableShuffle(DistributedSampler):
     otherwise inject a DistributedSampler that can only restart the epoch). Being a
     DistributedSampler, Lightning leaves it in place and calls ``set_epoch`` on it.
 
-
     With ``lengths`` and ``batch_size``, each epoch's permutation is cut into windows of
     ``group_batches`` global batches, sorted by length inside each window, and the global batches of
     the epoch are shuffled: a batch holds pairs of similar length (less padding) and the epoch is still

@@ -72,14 +72,16 @@ class RunSummary(Callback):
         if trainer.state.fn == "validate":
             summary["validated_checkpoint"] = trainer.ckpt_path
         for callback in trainer.checkpoint_callbacks if trainer.state.fn == "fit" else []:
-            best_score = _number(callback.best_model_score) if isinstance(callback, ModelCheckpoint) else None
-            if isinstance(callback, ModelCheckpoint) and callback.monitor and best_score is not None:
+            if not isinstance(callback, ModelCheckpoint):
+                continue
+            best_score = _number(callback.best_model_score)
+            if callback.monitor and best_score is not None:
                 summary["best"] = {
                     "metric": callback.monitor,
                     "value": best_score,
                     "checkpoint": callback.best_model_path,
                 }
-            if isinstance(callback, ModelCheckpoint) and callback.last_model_path:
+            if callback.last_model_path:
                 summary["last_checkpoint"] = callback.last_model_path
         for callback in trainer.callbacks:
             if isinstance(callback, ExportAtFitEnd):

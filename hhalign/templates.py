@@ -8,13 +8,11 @@ prompt's text, and tokens, exactly.
 
 from __future__ import annotations
 
-import re
 from typing import Any
 
 from hhalign.errors import ConfigError
-from hhalign.pairs import ASSISTANT, HUMAN
+from hhalign.pairs import ASSISTANT, HUMAN, TURN_MARKERS
 
-_TURN = re.compile(f"({re.escape(HUMAN)}|{re.escape(ASSISTANT)})")
 _ROLES = {HUMAN: "user", ASSISTANT: "assistant"}
 
 
@@ -22,7 +20,7 @@ def to_messages(text: str) -> list[dict[str, str]]:
     """Chat messages of an hh-rlhf dialogue; a trailing empty assistant turn (a prompt) is left out."""
     messages: list[dict[str, str]] = []
     role = None
-    for part in _TURN.split(text):
+    for part in TURN_MARKERS.split(text):
         if part in _ROLES:
             role = _ROLES[part]
         elif role is not None:
