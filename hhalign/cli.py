@@ -30,6 +30,8 @@ from hhalign.summary import RunSummary
 WANDB_ID_FILE = "wandb_run_id.txt"
 TOOLS = {
     "make-tiny": "hhalign.tiny:main",
+    "import-gguf": "hhalign.importing:import_main",
+    "get-model": "hhalign.importing:get_model_main",
     "export": "hhalign.export:main",
     "plot": "hhalign.plot:main",
     "summary": "hhalign.summary:main",

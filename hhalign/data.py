@@ -21,7 +21,7 @@ from hhalign.errors import ConfigError, DataError
 from hhalign.loading import load_tokenizer
 from hhalign.packing import SharedPromptCollator, margins
 from hhalign.pairs import PairTokenizer, TokenizedPair
-from hhalign.records import OnBadRecord, Record, is_jsonl_source, read_hub, read_local
+from hhalign.records import OnBadRecord, Record, is_jsonl_source, read_hub, read_local, test_split_of
 from hhalign.samplers import EvalShard, ResumableShuffle
 from hhalign.templates import ChatTemplate
 
@@ -92,9 +92,11 @@ class PreferenceDataModule(L.LightningDataModule):
             folder for ``datasets.load_dataset``.
         tokenizer_name_or_path: Linked by the CLI to the model's path.
         data_dir: Passed to ``load_dataset`` (e.g. ``helpful-base`` for ``Anthropic/hh-rlhf``).
-        train_split: Split to train on (hub datasets).
-        val_split: Split to validate on (hub datasets); when None, ``valid_fraction`` of the training
-            records are held out, seeded by ``split_seed``. Local files always use ``valid_fraction``.
+        val_path: Validate on this source (file, folder or dataset, as ``path``) instead of a part of ``path``.
+        train_split: Split to train on (datasets, e.g. a hub name or a local copy of hh-rlhf).
+        val_split: Split to validate on (datasets); when None, the dataset's ``test`` split if it has one
+            beside its training split, otherwise ``valid_fraction`` of the training records, held out
+            with ``split_seed``. A JSONL file or folder of JSONL files is one pool: ``valid_fraction``.
         shuffle_seed: Seeds the training order, a new permutation each epoch.
         max_length: Bound on prompt + the longer response, in tokens.
         max_response_length: Bound on each response (default: ``max_length``).
@@ -115,6 +117,7 @@ class PreferenceDataModule(L.LightningDataModule):
         path: str = "data/hh-rlhf",
         tokenizer_name_or_path: str = "",
         data_dir: str | None = None,
+        val_path: str | None = None,
         train_split: str = "train",
         val_split: str | None = None,
         valid_fraction: float = 0.1,
@@ -141,14 +144,25 @@ class PreferenceDataModule(L.LightningDataModule):
         self.collator: Any = None
         self.fingerprint = ""
 
-    def _read(self, counts: Counter[str]) -> tuple[list[Record], list[Record]]:
+    def _records(self, source: str, split: str, counts: Counter[str]) -> list[Record]:
         hp = self.hparams
-        if is_jsonl_source(hp.path):
-            return split_records(read_local(hp.path, hp.on_bad_record, counts), hp.valid_fraction, hp.split_seed)
-        train = read_hub(hp.path, hp.train_split, hp.data_dir, hp.on_bad_record, counts)
-        if hp.val_split is None:
-            return split_records(train, hp.valid_fraction, hp.split_seed)
-        return train, read_hub(hp.path, hp.val_split, hp.data_dir, hp.on_bad_record, counts)
+        if is_jsonl_source(source):
+            return read_local(source, hp.on_bad_record, counts)
+        return read_hub(source, split, hp.data_dir, hp.on_bad_record, counts)
+
+    def _read(self, counts: Counter[str]) -> tuple[list[Record], list[Record], str]:
+        """Training and validation records, and where the validation records came from."""
+        hp = self.hparams
+        train = self._records(hp.path, hp.train_split, counts)
+        if hp.val_path:
+            val_split = hp.val_split or test_split_of(hp.val_path, hp.data_dir) or "train"
+            what = "every record" if is_jsonl_source(hp.val_path) else f"{val_split} split"
+            return train, self._records(hp.val_path, val_split, counts), f"{hp.val_path} ({what})"
+        val_split = hp.val_split or test_split_of(hp.path, hp.data_dir)
+        if val_split is None:
+            held_out = f"{hp.valid_fraction:g} of {hp.path} held out (split_seed {hp.split_seed})"
+            return *split_records(train, hp.valid_fraction, hp.split_seed), held_out
+        return train, self._records(hp.path, val_split, counts), f"{hp.path} ({val_split} split)"
 
     def setup(self, stage: str | None = None) -> None:
         if self.collator is not None:
@@ -156,7 +170,7 @@ class PreferenceDataModule(L.LightningDataModule):
         hp = self.hparams
         tokenizer = load_tokenizer(hp.tokenizer_name_or_path, hp.trust_remote_code)
         counts: Counter[str] = Counter()
-        train_records, val_records = self._read(counts)
+        train_records, val_records, val_source = self._read(counts)
         example_tokenizer = self.example_tokenizer(tokenizer)
         self.train_pairs = example_tokenizer(train_records)
         self.val_pairs = example_tokenizer(val_records)
@@ -168,6 +182,7 @@ class PreferenceDataModule(L.LightningDataModule):
                 f"(drops: {dict(counts)}); raise data.max_length (now {hp.max_length}) or check the data"
             )
         self.summary = self._summarize(len(train_records) + len(val_records) + counts["bad_record"], counts)
+        self.summary["validation"] = val_source
         self.collator = self.make_collator(tokenizer)
         self.fingerprint = sequences_fingerprint(self.fingerprint_items(self.train_pairs))
         log.info("data: %s", json.dumps(self.summary))

@@ -72,6 +72,14 @@ def batch_pairs(batch: dict[str, Tensor]) -> int:
     return batch[PACKED_KEY].shape[0] if is_packed(batch) else batch["input_ids"].shape[0] // 2
 
 
+def response_lengths(batch: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
+    """Tokens in each pair's chosen and rejected response (EOS included), ``(B,)`` each, in either layout."""
+    if is_packed(batch):
+        return batch["chosen_lengths"], batch["rejected_lengths"]
+    chosen, rejected = batch["loss_mask"].sum(-1).chunk(2)
+    return chosen, rejected
+
+
 def _spans(batch: dict[str, Tensor]) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """Column index ``(1, T)`` and the chosen start, rejected start and row end, each ``(B, 1)``."""
     cols = torch.arange(batch["input_ids"].shape[1], device=batch["input_ids"].device)[None]

@@ -111,6 +111,26 @@ def _describe(err: Exception) -> str:
     return f"malformed JSON ({err})"
 
 
+def test_split_of(path: str, data_dir: str | None) -> str | None:
+    """``"test"`` when a dataset (a local folder in the hub's layout, e.g. a copy of hh-rlhf with
+    ``helpful-base/train.jsonl.gz`` and ``helpful-base/test.jsonl.gz``, or a hub name) has a test split
+    beside its training split, so that it validates on its own test files; None otherwise."""
+    if is_jsonl_source(path):
+        return None  # a file or a folder of JSONL files is one pool of records
+    import datasets
+    from datasets.data_files import get_data_patterns
+
+    local = Path(path).expanduser()
+    try:
+        if local.is_dir():
+            splits = {str(s) for s in get_data_patterns(str(local / (data_dir or "")))}
+        else:
+            splits = set(datasets.get_dataset_split_names(path, data_dir=data_dir))
+    except Exception:  # no data files, no network: the read that follows says what is wrong
+        return None
+    return "test" if {"train", "test"} <= splits else None
+
+
 def read_hub(
     path: str, split: str, data_dir: str | None, on_bad_record: OnBadRecord, bad: Counter[str]
 ) -> list[Record]:

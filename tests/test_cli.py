@@ -90,6 +90,11 @@ def test_dpo_fit_end_to_end(tmp_path: Path, tiny_dir: Path, small_jsonl: Path):
     interval = json.loads((run_dir / "summary.json").read_text())["reward_accuracy_interval"]
     low, high = interval["wilson95"]
     assert interval["pairs"] == n_val and low <= float(val[-1]["val/reward_accuracy"]) <= high
+    # beside it, how far "the longer reply wins" gets on the same pairs, and the chosen-shorter accuracy
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["length_baseline_interval"]["pairs"] == n_val
+    shorter = round(n_val * float(val[-1]["val/chosen_shorter_rate"]))
+    assert 0 < shorter < n_val and summary["reward_accuracy_chosen_shorter_interval"]["pairs"] == shorter
     written = {p.name for p in run_dir.iterdir()}
     assert {"config.yaml", "data_summary.json", "metrics.csv", "curves.png", "summary.json", "export"} <= written
     assert (run_dir / "checkpoints" / "last.ckpt").exists()

@@ -145,6 +145,49 @@ def test_hub_layout_loads_through_datasets(tmp_path: Path, tiny_dir: Path):
     assert 35 <= len(data.train_pairs) <= 40 and 15 <= len(data.val_pairs) <= 20
 
 
+def _write_subsets(root: Path, parts: dict[str, list[dict]]) -> Path:
+    """A local copy of the hh-rlhf repository: ``<subset>/<split>.jsonl.gz``."""
+    import gzip
+
+    for name, records in parts.items():
+        path = root / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with gzip.open(path, "wt", encoding="utf-8") as handle:
+            handle.writelines(json.dumps(r) + "\n" for r in records)
+    return root
+
+
+def test_a_local_repository_copy_validates_on_its_own_test_files(tmp_path: Path, tiny_dir: Path):
+    from tests.conftest import shipped_records
+
+    records = shipped_records(60)
+    root = _write_subsets(
+        tmp_path / "hh-rlhf",
+        {"helpful-base/train.jsonl.gz": records[:40], "helpful-base/test.jsonl.gz": records[40:]},
+    )
+    data = _module(root, tiny_dir, data_dir="helpful-base", max_length=256)  # no val_split, no valid_fraction
+    data.setup("fit")
+    from hhalign.loading import load_tokenizer
+    from hhalign.pairs import PairTokenizer
+    from hhalign.records import Record
+
+    test_records = [Record(r["chosen"], r["rejected"], None, "test") for r in records[40:]]
+    assert data.val_pairs == PairTokenizer(load_tokenizer(str(tiny_dir)), 256)(test_records)
+    assert len(data.train_pairs) >= 35 and data.summary["validation"].endswith("(test split)")
+
+
+def test_a_separate_validation_file_is_validated_on_whole(tmp_path: Path, tiny_dir: Path):
+    from tests.conftest import shipped_records, write_jsonl
+
+    records = shipped_records(60)
+    train, val = write_jsonl(tmp_path / "train.jsonl", records[:40]), write_jsonl(tmp_path / "val.jsonl", records[40:])
+    data = _module(train, tiny_dir, val_path=str(val), max_length=256)
+    data.setup("fit")
+    assert data.summary["read"] == 60 and data.summary["validation"] == f"{val} (every record)"
+    dropped = sum(data.summary["dropped"].values())
+    assert len(data.train_pairs) + len(data.val_pairs) == 60 - dropped and len(data.train_pairs) >= 38
+
+
 def test_missing_local_dataset_folder_is_a_clear_error(tmp_path: Path, tiny_dir: Path):
     import pytest
 

@@ -174,3 +174,22 @@ def test_reward_model_fits_a_small_fixed_set(tiny_dir: Path, tokenizer):
     losses = torch.cat([o.losses for o in outs])
     accuracy = torch.cat([(o.chosen_rewards > o.rejected_rewards).float() for o in outs]).mean()
     assert accuracy >= 0.9 and losses.mean() < 0.3, (accuracy.item(), losses.mean().item())
+
+
+def test_length_metrics_count_longer_and_score_the_chosen_shorter_pairs():
+    """Pairs (chosen, rejected) lengths: (3, 2) longer, (2, 4) shorter, (2, 2) equal, (1, 5) shorter; the
+    rewards rank pairs 0 and 1 right and 2 and 3 wrong. Longer-wins baseline 1/4; chosen shorter in 2/4;
+    of those two, one (pair 1) is ranked right: 1/2. The same in both layouts."""
+    from hhalign.data import PairCollator
+    from hhalign.modules.base import PairOutputs, length_metrics
+    from hhalign.packing import SharedPromptCollator
+    from hhalign.pairs import TokenizedPair
+
+    lengths = [(3, 2), (2, 4), (2, 2), (1, 5)]
+    pairs = [TokenizedPair([9, 8], [7] * (c - 1) + [1], [6] * (r - 1) + [1]) for c, r in lengths]
+    out = PairOutputs(torch.zeros(4), torch.tensor([1.0, 2.0, 0.0, -1.0]), torch.tensor([0.0, 1.0, 0.5, 0.0]))
+    for batch in (SharedPromptCollator(1)(pairs), PairCollator(1)(pairs)):
+        metrics = length_metrics(out.step_outputs(), batch)
+        assert metrics["length_baseline"][0].mean() == 0.25 and metrics["chosen_shorter_rate"][0].mean() == 0.5
+        correct, weights = metrics["reward_accuracy_chosen_shorter"]
+        assert (correct * weights).sum() / weights.sum() == 0.5

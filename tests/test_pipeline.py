@@ -165,13 +165,23 @@ def test_wilson_interval_matches_newcombe():
 
 def test_summary_table_shows_the_accuracy_interval(tmp_path: Path):
     summary = {"module": "DPOModule", "model": "m", "steps": 5, "run_dir": str(tmp_path / "exp" / "dpo")}
-    summary["final_validation"] = {"val/reward_accuracy": 0.75, "val/examples": 40.0}
-    summary["reward_accuracy_interval"] = accuracy_interval(summary["final_validation"])
+    summary["final_validation"] = {
+        "val/reward_accuracy": 0.75,
+        "val/examples": 40.0,
+        "val/length_baseline": 0.6,
+        "val/chosen_shorter_rate": 0.25,
+        "val/reward_accuracy_chosen_shorter": 0.7,
+    }
+    for metric in ("reward_accuracy", "length_baseline", "reward_accuracy_chosen_shorter"):
+        summary[f"{metric}_interval"] = accuracy_interval(summary["final_validation"], metric)
     (tmp_path / "summary.json").write_text(json.dumps(summary))
     table = summary_table([str(tmp_path)])
     low, high = wilson_interval(30, 40)
-    assert f"{low:.3f}–{high:.3f} (40)" in table and "| exp/dpo | DPOModule | m | 5 | 0.7500 |" in table
-    assert "over 40 pairs" in format_summary(summary)
+    assert f"0.750 [{low:.3f}, {high:.3f}] (40)" in table and "| exp/dpo | DPOModule | m | 5 | 0.7500 |" in table
+    assert "0.600 [{:.3f}, {:.3f}]".format(*wilson_interval(24, 40)) in table  # longer wins in 24 of 40
+    assert "0.700 [{:.3f}, {:.3f}] (10)".format(*wilson_interval(7, 10)) in table  # 7 of the 10 chosen-shorter
+    text = format_summary(summary)
+    assert "over 40 pairs" in text and "over 10 pairs; on the pairs whose chosen reply is the shorter" in text
 
 
 def test_plot_draws_every_dpo_panel(tmp_path: Path):

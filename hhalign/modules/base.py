@@ -16,11 +16,14 @@ from hhalign.checkpointing import FINGERPRINT_KEY, check_fingerprints, checkpoin
 from hhalign.errors import UserError
 from hhalign.forward import enable_gradient_checkpointing
 from hhalign.loading import with_lora
-from hhalign.packing import batch_pairs
+from hhalign.packing import batch_pairs, response_lengths
 
 STAGES = ("train", "val", "test")
 SKIPPED_KEY = "hhalign_skipped_batches"
 PAIR_METRICS = ("loss", "reward_accuracy", "tie_rate", "reward_margin", "chosen_reward", "rejected_reward")
+LENGTH_METRICS = ("length_baseline", "chosen_shorter_rate", "reward_accuracy_chosen_shorter")
+"""Evaluations of pairs also say how far "the longer reply wins" gets on the same pairs, and how the
+rewards rank the pairs where the chosen reply is the shorter one, where that rule is always wrong."""
 ModelDtype = Literal["float32", "bfloat16", "float16", "auto"]
 
 
@@ -63,6 +66,19 @@ class PairOutputs:
             "rejected_reward": rejected,
             **{k: v.detach().float() for k, v in self.extras.items()},
         }
+
+
+def length_metrics(out: StepOutputs, batch: dict[str, Tensor]) -> dict[str, tuple[Tensor, Tensor | None]]:
+    """``LENGTH_METRICS`` of a batch of pairs, in response tokens; equal lengths count as neither longer
+    nor shorter. The accuracy on chosen-shorter pairs is a mean weighted by which pairs those are."""
+    chosen_len, rejected_len = response_lengths(batch)
+    shorter = (chosen_len < rejected_len).float()
+    correct = (out.metrics["chosen_reward"][0] > out.metrics["rejected_reward"][0]).float()
+    return {
+        "length_baseline": ((chosen_len > rejected_len).float(), None),
+        "chosen_shorter_rate": (shorter, None),
+        "reward_accuracy_chosen_shorter": (correct, shorter),
+    }
 
 
 class AlignmentModule(L.LightningModule):
@@ -120,8 +136,8 @@ class AlignmentModule(L.LightningModule):
         self.save_hyperparameters(ignore=["optimizer"])
         self.optimizer_factory = optimizer
         self.skipped_batches = 0
-        names = self.metric_names()
         for stage in STAGES:  # one metric object per stage, as torchmetrics expects for correct syncing
+            names = self.metric_names() + (LENGTH_METRICS if stage != "train" and self.examples == "pairs" else ())
             setattr(self, f"{stage}_metrics", nn.ModuleDict({n: MeanMetric() for n in names}))
         # how many pairs (or dialogues) an evaluation saw: the n behind its accuracy, for its error bars
         self.eval_examples = nn.ModuleDict({stage: SumMetric() for stage in STAGES if stage != "train"})
@@ -204,6 +220,8 @@ class AlignmentModule(L.LightningModule):
         if stage == "val" and self._bounded_validation() and batch_idx >= self.hparams.val_batches_during_fit:
             return
         out = self.step_outputs(batch)
+        if self.examples == "pairs":
+            out.metrics.update(length_metrics(out, batch))
         for name, (values, weights) in out.metrics.items():
             metric = self.stage_metrics(stage)[name]
             metric.update(values.detach().float(), 1.0 if weights is None else weights)
@@ -270,7 +288,11 @@ class AlignmentModule(L.LightningModule):
         checkpoint[SKIPPED_KEY] = self.skipped_batches
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        check_fingerprints(checkpoint.get(FINGERPRINT_KEY, {}), self.fingerprints())
+        current = self.fingerprints()
+        if self._trainer is not None and self.trainer.state.fn != "fit":
+            # only a resumed fit must see the same data and reference: validate and test score any data
+            current = {"module": current["module"]}
+        check_fingerprints(checkpoint.get(FINGERPRINT_KEY, {}), current)
         self.skipped_batches = checkpoint.get(SKIPPED_KEY, 0)
 
     def configure_optimizers(self) -> Any:
