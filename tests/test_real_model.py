@@ -88,7 +88,7 @@ def real_tokenizer(smollm2_dir: Path):
 @pytest.fixture(scope="module")
 def real_pairs(real_tokenizer) -> list:
     records = read_local(str(SHIPPED / "helpful-base-test.jsonl.gz"), "error", Counter())[:24]
-    return PairTokenizer(real_tokenizer, 256, 96, ChatTemplate(real_tokenizer))(records)
+    return PairTokenizer(real_tokenizer, 1024, None, ChatTemplate(real_tokenizer))(records)  # nothing cut
 
 
 def test_the_real_tokenizer_pads_with_its_eos(smollm2_dir: Path, real_tokenizer):
@@ -108,9 +108,10 @@ def test_chat_template_pairs_share_their_prompt_tokens_and_match_the_template(re
         for dialogue, response in ((record.chosen, pair.chosen), (record.rejected, pair.rejected)):
             full = real_tokenizer.apply_chat_template(to_messages(dialogue), tokenize=False).rstrip()
             assert pair.prompt + response == real_tokenizer(full, add_special_tokens=False)["input_ids"]
+            assert response[-1] == real_tokenizer.eos_token_id  # the template's end of turn, once
+            assert response[-2] != real_tokenizer.eos_token_id
             checked += 1
     assert checked == 48
-    assert all(p.chosen[-1] == p.rejected[-1] == real_tokenizer.eos_token_id for p in real_pairs)
 
 
 def test_every_response_eos_is_scored_although_it_is_the_pad_id(real_tokenizer, real_pairs):
@@ -166,7 +167,8 @@ def _fit_real(output_dir: Path, smollm2_dir: Path, config: str, data: Path, tria
         "fit", "--config", str(REPO / config), "--model.model_name_or_path", str(smollm2_dir),
         "--data.path", str(data), "--data.max_length", "160", "--data.max_response_length", "64",
         "--data.batch_size", "2", "--data.val_batch_size", "2", "--data.valid_fraction", "0.25",
-        "--trainer.max_steps", "1", "--trainer.val_check_interval", "1", "--output_dir", str(output_dir),
+        "--trainer.max_steps", "1", "--trainer.val_check_interval", "1", "--model.warmup_steps", "0",
+        "--output_dir", str(output_dir),
         "--trial_name", trial, "--trainer.enable_progress_bar", "false",
     ])  # fmt: skip
     return output_dir / "smollm2" / trial
