@@ -46,6 +46,23 @@ def rewards(module: RewardModule, sequences: list[list[int]], batch_size: int = 
     return out
 
 
+def pair_report(pairs: list[TokenizedPair], chosen: list[float], rejected: list[float]) -> str:
+    """Accuracy with its 95% interval, beside the length baseline and the accuracy on chosen-shorter pairs."""
+    from hhalign.summary import wilson_interval
+
+    def share(hits: int, n: int) -> str:
+        return f"{hits / n:.4f} ({'{:.3f}–{:.3f}'.format(*wilson_interval(hits, n))}, n={n})" if n else "n/a"
+
+    right = [c > r for c, r in zip(chosen, rejected, strict=True)]
+    longer = sum(len(p.chosen) > len(p.rejected) for p in pairs)
+    shorter = [ok for ok, p in zip(right, pairs, strict=True) if len(p.chosen) < len(p.rejected)]
+    return (
+        f"pairs: {len(pairs)}  preference accuracy: {share(sum(right), len(pairs))}  "
+        f"longer-wins baseline: {share(longer, len(pairs))}  "
+        f"accuracy when chosen is shorter: {share(sum(shorter), len(shorter))}"
+    )
+
+
 def score(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="hhalign score", description="Rewards from a trained reward model.")
     parser.add_argument("--model", required=True, help="exported reward-model folder or RewardModule .ckpt")
@@ -71,8 +88,7 @@ def score(argv: list[str] | None = None) -> None:
         chosen, rejected = values[: len(pairs)], values[len(pairs) :]
         for c, r in zip(chosen, rejected, strict=True):
             print(json.dumps({"chosen_reward": round(c, 6), "rejected_reward": round(r, 6)}))
-        accuracy = sum(c > r for c, r in zip(chosen, rejected, strict=True)) / len(pairs)
-        print(f"pairs: {len(pairs)}  preference accuracy: {accuracy:.4f}  dropped: {dict(tokenize.counts)}")
+        print(pair_report(pairs, chosen, rejected) + f"  dropped: {dict(tokenize.counts)}")
         return
     prompt = as_prompt(args.prompt)
     prompt_ids = tokenize.encode_prompt(prompt)

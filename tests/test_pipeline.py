@@ -232,3 +232,17 @@ def test_score_and_generate_use_the_training_format(
         out = module.pair_outputs(SharedPromptCollator(tokenizer.pad_token_id)(pairs))
     expected = [s["chosen_reward"] for s in scored[:4]]
     torch.testing.assert_close(out.chosen_rewards, torch.tensor(expected), rtol=1e-4, atol=1e-5)
+
+
+def test_score_report_puts_the_length_baseline_beside_the_accuracy():
+    """Four pairs: chosen longer in pairs 0 and 2, shorter in 1 and 3; rewards rank 0, 1 and 2 right. Accuracy
+    3/4, longer wins 2/4, and of the two chosen-shorter pairs one (pair 1) is ranked right."""
+    from hhalign.pairs import TokenizedPair
+    from hhalign.use import pair_report
+
+    pairs = [TokenizedPair([1], [5] * c, [6] * r) for c, r in ((3, 1), (1, 2), (4, 2), (2, 5))]
+    report = pair_report(pairs, [1.0, 1.0, 1.0, 0.0], [0.0, 0.5, 0.0, 1.0])
+    low, high = wilson_interval(3, 4)
+    assert f"preference accuracy: 0.7500 ({low:.3f}–{high:.3f}, n=4)" in report
+    assert "longer-wins baseline: 0.5000" in report and "accuracy when chosen is shorter: 0.5000" in report
+    assert "n=2)" in report
