@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import logging
 import os
 import shutil
 import signal
@@ -131,6 +132,17 @@ class HHAlignCLI(LightningCLI):
         return super().instantiate_trainer(**kwargs)
 
 
+class DropAdverts(logging.Filter):
+    """Lightning's info log suggests a cloud logger on every run; the CSV log and wandb are ours."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("💡 Tip")
+
+
+for _name in ("lightning.fabric.utilities.rank_zero", "lightning.pytorch.utilities.rank_zero"):  # whichever logs
+    logging.getLogger(_name).addFilter(DropAdverts())
+
+
 def _tool(spec: str) -> Callable[[list[str]], Any]:
     module, function = spec.split(":")
     return getattr(importlib.import_module(module), function)
@@ -155,7 +167,7 @@ def main(args: list[str] | None = None) -> None:
             AlignmentModule,
             PreferenceDataModule,
             subclass_mode_model=True,
-            args=argv,
+            args=None if args is None else argv,  # None: Lightning reads sys.argv itself, without a warning
             save_config_callback=SaveConfigEverywhere,
             save_config_kwargs={"overwrite": True},
             auto_configure_optimizers=False,

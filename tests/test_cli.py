@@ -227,3 +227,19 @@ def test_resume_from_an_earlier_checkpoint_logs_each_step_once(tmp_path: Path, t
     rows = _rows(run_dir)
     assert [int(r["step"]) for r in rows if r.get("train/loss")] == [0, 1, 2, 3]
     assert sum(1 for r in rows if r.get("val/reward_accuracy")) == 2
+
+
+@pytest.mark.slow
+def test_no_lightning_advert_and_no_warning_about_the_frozen_reference(
+    tmp_path: Path, tiny_dir: Path, small_jsonl: Path, caplog: pytest.LogCaptureFixture
+):
+    import logging
+    import warnings
+
+    caplog.set_level(logging.INFO)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        fit_tiny(tmp_path, tiny_dir, small_jsonl, "configs/tiny/dpo.yaml", steps=1, val_every=1)
+    assert any("GPU available" in r.getMessage() for r in caplog.records)  # Lightning's info log is captured
+    assert not any("Tip" in r.getMessage() for r in caplog.records)  # Lightning advertises a cloud logger
+    assert not any("in eval mode" in str(w.message) for w in caught)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import warnings
 from collections.abc import Iterator
 from typing import Any
 
@@ -92,6 +93,13 @@ class DPOModule(AlignmentModule):
             ref_path = self.hparams.ref_model_name_or_path or self.hparams.model_name_or_path
             self.ref = load_model(ref_path, **kwargs).eval().requires_grad_(False)
         self.train(self.training)
+
+    def on_fit_start(self) -> None:
+        """Lightning warns about modules in eval mode when training starts; the frozen reference is one by
+        design, so exactly that count is not reported (any other module left in eval mode still is)."""
+        if self.ref is not None:
+            count = sum(1 for _ in self.ref.modules())
+            warnings.filterwarnings("ignore", message=rf"Found {count} module\(s\) in eval mode at the start")
 
     def train(self, mode: bool = True) -> DPOModule:
         """Whatever mode Lightning asks for, the reference stays in eval mode."""
