@@ -13,21 +13,40 @@ from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSequenceC
 from hhalign.checkpointing import TrainedWeights, is_checkpoint_file, read_trained_weights
 from hhalign.errors import ModelLoadError
 
+LOCAL_ROOTS = ("artifacts/", "outputs/")
+"""Where hhalign's own commands write models: a path under them is local even when it looks like a hub id."""
+
 
 def missing_local_path(name_or_path: str) -> bool:
-    """True when the string plainly names a local path (``./``, ``/``, ``~``) that does not exist, so the
-    user gets "does not exist" rather than a hub lookup error."""
-    return name_or_path.startswith((".", "/", "~")) and not Path(name_or_path).expanduser().exists()
+    """True when the string plainly names a local path that does not exist (``./``, ``/``, ``~``, a path
+    under ``LOCAL_ROOTS``, or more than one ``/``, which no hub id has), so the user gets "does not exist"
+    rather than a hub lookup error."""
+    local = name_or_path.startswith((".", "/", "~", *LOCAL_ROOTS)) or name_or_path.count("/") > 1
+    return local and not Path(name_or_path).expanduser().exists()
+
+
+def how_to_make(name_or_path: str) -> str:
+    """The command that writes a missing model folder of the kinds hhalign's own steps write."""
+    path = name_or_path.rstrip("/")
+    if "smollm2" in path and path.startswith("artifacts/"):
+        return f"build it with `make model` (hhalign get-model smollm2-135m-instruct --out {path})"
+    if path.startswith("artifacts/"):
+        return f"build it with `hhalign make-tiny --out {path}`, or `make demo-tiny`"
+    parts = Path(path).parts
+    if path.endswith("/export") and len(parts) >= 3:
+        experiment, trial = parts[-3], parts[-2]
+        return (
+            f"it is written at the end of the fit that exports it: run that stage first "
+            f"(e.g. hhalign fit --config configs/{experiment}/{trial}.yaml)"
+        )
+    return "give a Hugging Face model name or a folder written by save_pretrained (e.g. one from `hhalign make-tiny`)"
 
 
 def _check_exists(name_or_path: str, what: str) -> None:
     if not name_or_path:
         raise ModelLoadError(f"no {what} path given; set model.model_name_or_path")
     if missing_local_path(name_or_path):
-        raise ModelLoadError(
-            f"{what} path {name_or_path!r} does not exist; give a Hugging Face model name or a "
-            "folder written by save_pretrained (e.g. one from `hhalign make-tiny`)"
-        )
+        raise ModelLoadError(f"{what} path {name_or_path!r} does not exist; {how_to_make(name_or_path)}")
 
 
 def load_tokenizer(name_or_path: str, trust_remote_code: bool = False) -> Any:

@@ -152,6 +152,29 @@ def test_missing_model_path_is_a_clear_error(tmp_path: Path, small_jsonl: Path):
     assert "no-such-model' does not exist" in message and "make-tiny" in message
 
 
+@pytest.mark.parametrize(
+    ("path", "command"),
+    [
+        ("artifacts/smollm2-135m-instruct", "make model"),
+        ("outputs/tiny/sft/export", "hhalign fit --config configs/tiny/sft.yaml"),
+        ("artifacts/tiny", "hhalign make-tiny --out artifacts/tiny"),
+    ],
+)
+def test_a_missing_model_folder_names_the_command_that_makes_it(tmp_path: Path, path: str, command: str):
+    """Relative folders that the earlier stages write are refused as missing before any hub lookup."""
+    import os
+
+    here = os.getcwd()
+    os.chdir(tmp_path)  # none of these exists here
+    try:
+        with pytest.raises(SystemExit) as exited:
+            main(["fit", "--config", str(REPO / "configs/tiny/dpo.yaml"), "--model.model_name_or_path", path])
+    finally:
+        os.chdir(here)
+    message = str(exited.value.code)
+    assert message.count("\n") == 0 and f"'{path}' does not exist" in message and command in message
+
+
 def test_an_earlier_run_is_not_overwritten(tmp_path: Path, small_jsonl: Path):
     run_dir = tmp_path / "tiny" / "dpo"
     (run_dir / "checkpoints").mkdir(parents=True)
