@@ -20,10 +20,10 @@ from pathlib import Path
 
 import torch
 
-from hhalign.loading import load_tokenizer
-from hhalign.pairs import PairTokenizer, split_dialogues
-from hhalign.records import read_local
-from hhalign.tiny import make_tiny
+from hhalign.data.pairs import PairTokenizer, split_dialogues
+from hhalign.data.records import read_local
+from hhalign.models.loading import load_tokenizer
+from hhalign.models.tiny import make_tiny
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))

@@ -16,10 +16,10 @@ from lightning.pytorch.callbacks import Callback
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from workload import StepClock, WorkerResult  # noqa: E402
 
-from hhalign.data import PreferenceDataModule  # noqa: E402
-from hhalign.forward import unwrapped  # noqa: E402
-from hhalign.modules import DPOModule, RewardModule  # noqa: E402
-from hhalign.packing import batch_pairs, is_packed  # noqa: E402
+from hhalign.data.batches import PackedPairBatch  # noqa: E402
+from hhalign.data.datamodule import PreferenceDataModule  # noqa: E402
+from hhalign.models.forward import unwrapped  # noqa: E402
+from hhalign.objectives import DPOModule, RewardModule  # noqa: E402
 
 
 class Recorder(Callback):
@@ -36,17 +36,17 @@ class Recorder(Callback):
         if not self.clock.timed(step):
             return
         r = self.result
-        r.pairs += batch_pairs(batch)
-        r.computed_tokens += batch["input_ids"].numel()
-        r.real_tokens += int(batch["attention_mask"].sum())
-        if is_packed(batch):
-            prompt = batch["prompt_lengths"].sum()
-            responses = batch["chosen_lengths"].sum() + batch["rejected_lengths"].sum()
+        r.pairs += batch.n_examples
+        r.computed_tokens += batch.input_ids.numel()
+        r.real_tokens += batch.real_tokens
+        if isinstance(batch, PackedPairBatch):
+            prompt = batch.prompt_lengths.sum()
+            responses = batch.chosen_lengths.sum() + batch.rejected_lengths.sum()
             r.work_tokens += int(2 * prompt + responses)
             r.logit_positions += int(responses)
         else:
-            r.work_tokens += int(batch["attention_mask"].sum())
-            r.logit_positions += int(batch["loss_mask"].sum())
+            r.work_tokens += batch.real_tokens
+            r.logit_positions += int(batch.loss_mask.sum())
 
 
 def main() -> None:

@@ -15,29 +15,34 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
+from jsonargparse import ArgumentError, Namespace
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 from lightning.pytorch.loggers import Logger, WandbLogger
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
-from hhalign.checkpointing import AtomicCheckpointIO
-from hhalign.data import PreferenceDataModule
-from hhalign.errors import UserError
-from hhalign.loggers import ResumableCSVLogger, ResumeLogs
-from hhalign.modules import AlignmentModule
-from hhalign.plot import PlotAtFitEnd
-from hhalign.preemption import Preempted, Preemption
-from hhalign.summary import RunSummary
+from hhalign.data.datamodule import PreferenceDataModule
+from hhalign.errors import UserError, explain_parse_error
+from hhalign.objectives.base import AlignmentModule
+from hhalign.tools.plot import PlotAtFitEnd
+from hhalign.tools.summary import RunSummary
+from hhalign.training.checkpointing import AtomicCheckpointIO
+from hhalign.training.loggers import ResumableCSVLogger, ResumeLogs
+from hhalign.training.preemption import Preempted, Preemption
 
 WANDB_ID_FILE = "wandb_run_id.txt"
+QUIET_PARSERS: dict[str, Any] = {"exit_on_error": False} | {
+    command: {"exit_on_error": False} for command in ("fit", "validate", "test", "predict")
+}
+"""Parse errors are raised to ``main``, which prints them as one line, instead of after a usage dump."""
 TOOLS = {
-    "make-tiny": "hhalign.tiny:main",
-    "import-gguf": "hhalign.importing:import_main",
-    "get-model": "hhalign.importing:get_model_main",
-    "export": "hhalign.export:main",
-    "plot": "hhalign.plot:main",
-    "summary": "hhalign.summary:main",
-    "score": "hhalign.use:score",
-    "generate": "hhalign.use:generate",
+    "make-tiny": "hhalign.models.tiny:main",
+    "import-gguf": "hhalign.models.importing:import_main",
+    "get-model": "hhalign.models.importing:get_model_main",
+    "export": "hhalign.tools.export:main",
+    "plot": "hhalign.tools.plot:main",
+    "summary": "hhalign.tools.summary:main",
+    "score": "hhalign.tools.use:score",
+    "generate": "hhalign.tools.use:generate",
 }
 """Subcommands that are not a Trainer method, mapped to ``module:function(argv)``."""
 
@@ -70,10 +75,18 @@ class HHAlignCLI(LightningCLI):
             "--overwrite", type=bool, default=False, help="Replace an earlier run in the run directory."
         )
         parser.link_arguments("model.init_args.model_name_or_path", "data.tokenizer_name_or_path")
+        # the data module builds the kind of example the chosen objective reads
+        parser.link_arguments("model.examples", "data.examples", apply_on="instantiate")
 
     def run_dir(self) -> Path:
         get = partial(self._get, self.config)
         return Path(get("output_dir")) / get("experiment_name") / get("trial_name")
+
+    def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:
+        """As Lightning's, with each ``--config`` that ``extends`` a base expanded first."""
+        if isinstance(args, (dict, Namespace)):
+            return super().parse_arguments(parser, args)
+        self.config = parser.parse_args(expand_extends(list(sys.argv[1:] if args is None else args)))
 
     def _parse_ckpt_path(self) -> None:
         """Keep the config the user gave. Lightning would load the whole checkpoint here to replace the
@@ -143,6 +156,37 @@ for _name in ("lightning.fabric.utilities.rank_zero", "lightning.pytorch.utiliti
     logging.getLogger(_name).addFilter(DropAdverts())
 
 
+def expand_extends(argv: list[str]) -> list[str]:
+    """``--config FILE`` whose YAML says ``extends: BASE`` becomes ``--config BASE --config <FILE's text
+    without that key>``: the base first, so the file's keys and the later flags win. ``BASE`` is relative to
+    the file and may extend another. The shipped configs share their trainer block this way."""
+    out: list[str] = []
+    for i, arg in enumerate(argv):
+        if i > 0 and argv[i - 1] == "--config":
+            continue
+        value = argv[i + 1] if arg == "--config" and i + 1 < len(argv) else None
+        if arg.startswith("--config="):
+            value = arg.split("=", 1)[1]
+        if value is None:
+            out.append(arg)
+            continue
+        out += _config_chain(Path(value)) if Path(value).is_file() else ["--config", value]
+    return out
+
+
+def _config_chain(path: Path) -> list[str]:
+    try:
+        config = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        raise UserError(f"config {path} is not valid YAML: {err}") from None
+    if not isinstance(config, dict) or "extends" not in config:
+        return ["--config", str(path)]
+    base = path.parent / str(config.pop("extends"))
+    if not base.is_file():
+        raise UserError(f"{path}: 'extends: {base.name}' names {base}, which does not exist")
+    return [*_config_chain(base), "--config", yaml.safe_dump(config, sort_keys=False)]
+
+
 def _tool(spec: str) -> Callable[[list[str]], Any]:
     module, function = spec.split(":")
     return getattr(importlib.import_module(module), function)
@@ -171,6 +215,7 @@ def main(args: list[str] | None = None) -> None:
             save_config_callback=SaveConfigEverywhere,
             save_config_kwargs={"overwrite": True},
             auto_configure_optimizers=False,
+            parser_kwargs=QUIET_PARSERS,
         )
         _finish_wandb()
     except Preempted as stop:  # the Preemption callback has said how to resume
@@ -179,6 +224,9 @@ def main(args: list[str] | None = None) -> None:
         sys.exit(128 + signal.SIGTERM)
     except UserError as err:
         sys.exit(f"hhalign: error: {err}")
+    except ArgumentError as err:  # jsonargparse's, for a bad option or config value: one line, no usage dump
+        print(f"hhalign: error: {explain_parse_error(str(err))}", file=sys.stderr)
+        sys.exit(2)
 
 
 if __name__ == "__main__":

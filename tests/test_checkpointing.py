@@ -8,7 +8,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from hhalign.checkpointing import AtomicCheckpointIO, CheckpointError, sequences_fingerprint, weights_fingerprint
+from hhalign.data.examples import sequences_fingerprint
+from hhalign.models.trained import CheckpointError
+from hhalign.training.checkpointing import AtomicCheckpointIO, weights_fingerprint
 from tests.conftest import fit_tiny, shipped_records, write_jsonl
 
 DPO = "configs/tiny/dpo.yaml"

@@ -13,13 +13,14 @@ from hhalign.cli import main
 from tests.conftest import REPO, fit_tiny
 
 CONFIGS = sorted((REPO / "configs").rglob("*.yaml"))
+TASK_CONFIGS = [c for c in CONFIGS if c.name != "base.yaml"]  # base.yaml is the block the others extend
 
 
 def test_configs_are_found():
     assert {p.name for p in CONFIGS} >= {"dpo.yaml", "rm.yaml"} and len(CONFIGS) >= 4
 
 
-@pytest.mark.parametrize("config", CONFIGS, ids=lambda p: str(p.relative_to(REPO)))
+@pytest.mark.parametrize("config", TASK_CONFIGS, ids=lambda p: str(p.relative_to(REPO)))
 def test_every_config_parses(config: Path, capsys: pytest.CaptureFixture[str]):
     with pytest.raises(SystemExit) as exited:
         main(["fit", "--config", str(config), "--print_config"])
@@ -30,8 +31,8 @@ def test_every_config_parses(config: Path, capsys: pytest.CaptureFixture[str]):
 
 def test_model_path_is_linked_to_the_tokenizer(tmp_path: Path):
     from hhalign.cli import HHAlignCLI
-    from hhalign.data import PreferenceDataModule
-    from hhalign.modules import AlignmentModule
+    from hhalign.data.datamodule import PreferenceDataModule
+    from hhalign.objectives import AlignmentModule
 
     cli = HHAlignCLI(
         AlignmentModule,
@@ -52,19 +53,55 @@ def test_model_path_is_linked_to_the_tokenizer(tmp_path: Path):
 
 
 @pytest.mark.parametrize(
-    ("option", "value", "message"),
+    ("option", "value", "line"),
     [
-        ("--model.loss_type", "kto", "Expected a typing.Literal['sigmoid', 'robust', 'hinge', 'ipo'"),
-        ("--model.beta", "0", "Not of type PositiveFloat"),
+        (
+            "--model.loss_type",
+            "sigmoidd",
+            "hhalign: error: --model.loss_type 'sigmoidd' is not one of: sigmoid, robust, hinge, ipo, exo_pair, "
+            "nca_pair, bco_pair, sppo_hard, aot, apo_zero, apo_down, discopop, simpo, orpo, sft; "
+            "did you mean 'sigmoid'?",
+        ),
+        ("--model.lr_schedule", "cosin", "hhalign: error: --model.lr_schedule 'cosin' is not one of: cosine, linear, "
+         "constant; did you mean 'cosine'?"),
+        ("--data.padding_side", "middle", "hhalign: error: --data.padding_side 'middle' is not one of: right, left"),
+        ("--model.beta", "0", "hhalign: error: --model.beta must be > 0 (given 0)"),
+        ("--data.batch_size", "0", "hhalign: error: --data.batch_size must be > 0 (given 0)"),
+        ("--data.max_length", "-8", "hhalign: error: --data.max_length must be > 0 (given -8)"),
+        ("--model.warmup_steps", "-1", "hhalign: error: --model.warmup_steps must be ≥ 0 (given -1)"),
+        ("--model.val_batches_during_fit", "0", "hhalign: error: --model.val_batches_during_fit must be > 0 (given 0)"),
     ],
-)
-def test_bad_model_options_fail_at_parse_time(
-    option: str, value: str, message: str, capsys: pytest.CaptureFixture[str]
+)  # fmt: skip
+def test_a_bad_option_is_one_line_naming_option_value_and_choices(
+    option: str, value: str, line: str, capsys: pytest.CaptureFixture[str]
 ):
+    """Refused by type while parsing, before any model or data loads: no usage dump, no traceback."""
     with pytest.raises(SystemExit) as exited:
         main(["fit", "--config", str(REPO / "configs/tiny/dpo.yaml"), option, value])
     assert exited.value.code == 2
-    assert message in capsys.readouterr().err
+    captured = capsys.readouterr()
+    assert captured.err.splitlines() == [line] and captured.out == ""
+
+
+def test_a_config_extends_its_base_and_overrides_it(tmp_path: Path, capsys: pytest.CaptureFixture[str]):
+    """The shared trainer block comes from ``extends``; the file's own keys, then the flags, win over it."""
+    base = tmp_path / "base.yaml"
+    base.write_text("trainer:\n  log_every_n_steps: 7\n  max_steps: 3\n")
+    task = tmp_path / "task.yaml"
+    task.write_text((REPO / "configs/tiny/dpo.yaml").read_text().replace("extends: ../base.yaml", "extends: base.yaml"))
+    with pytest.raises(SystemExit):
+        main(["fit", "--config", str(task), "--trainer.val_check_interval", "5", "--print_config"])
+    printed = capsys.readouterr().out
+    assert "log_every_n_steps: 7" in printed  # from the base
+    assert "max_steps: 100" in printed  # the task file's own value
+    assert "val_check_interval: 5" in printed  # the flag's
+
+
+def test_shipped_task_configs_share_one_trainer_block():
+    """Every task config extends the base, and none repeats its callbacks."""
+    for config in TASK_CONFIGS:
+        text = config.read_text()
+        assert "\nextends: " in text and "callbacks:" not in text, config
 
 
 def _rows(run_dir: Path) -> list[dict[str, str]]:

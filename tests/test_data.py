@@ -7,9 +7,10 @@ from pathlib import Path
 
 import torch
 
-from hhalign.data import PairCollator, PreferenceDataModule, length_grouped_batches, pair_length
-from hhalign.packing import batch_pairs
-from hhalign.pairs import TokenizedPair
+from hhalign.data.batches import collate_pairs
+from hhalign.data.datamodule import PreferenceDataModule, length_grouped_batches
+from hhalign.data.examples import ExampleSettings, PairExamples
+from hhalign.data.pairs import TokenizedPair
 
 PAIRS = [
     TokenizedPair(prompt=[5, 6], chosen=[7, 1], rejected=[8, 9, 1]),
@@ -18,9 +19,9 @@ PAIRS = [
 
 
 def test_collator_right_padding_exact_tensors():
-    batch = PairCollator(pad_token_id=1)(PAIRS)  # pad == EOS == 1, as in many real tokenizers
+    batch = collate_pairs(PAIRS, pad_token_id=1)  # pad == EOS == 1, as in many real tokenizers
     assert torch.equal(
-        batch["input_ids"],
+        batch.input_ids,
         torch.tensor(
             [
                 [5, 6, 7, 1, 1],
@@ -31,7 +32,7 @@ def test_collator_right_padding_exact_tensors():
         ),
     )
     assert torch.equal(
-        batch["attention_mask"],
+        batch.attention_mask,
         torch.tensor(
             [
                 [1, 1, 1, 1, 0],
@@ -42,7 +43,7 @@ def test_collator_right_padding_exact_tensors():
         ),
     )
     assert torch.equal(
-        batch["loss_mask"],
+        batch.loss_mask,
         torch.tensor(
             [
                 [0, 0, 1, 1, 0],
@@ -55,9 +56,9 @@ def test_collator_right_padding_exact_tensors():
 
 
 def test_collator_left_padding_exact_tensors():
-    batch = PairCollator(pad_token_id=0, padding_side="left")(PAIRS)
+    batch = collate_pairs(PAIRS, pad_token_id=0, padding_side="left")
     assert torch.equal(
-        batch["input_ids"],
+        batch.input_ids,
         torch.tensor(
             [
                 [0, 5, 6, 7, 1],
@@ -67,9 +68,9 @@ def test_collator_left_padding_exact_tensors():
             ]
         ),
     )
-    assert torch.equal(batch["attention_mask"], (batch["input_ids"] != 0).long())
+    assert torch.equal(batch.attention_mask, (batch.input_ids != 0).long())
     assert torch.equal(
-        batch["loss_mask"],
+        batch.loss_mask,
         torch.tensor(
             [
                 [0, 0, 0, 1, 1],
@@ -83,7 +84,7 @@ def test_collator_left_padding_exact_tensors():
 
 def test_length_grouped_batches_partition_the_pairs():
     pairs = [TokenizedPair([1] * n, [2], [3]) for n in (9, 1, 5, 3, 7, 2, 8)]
-    lengths = [pair_length(p) for p in pairs]
+    lengths = [PairExamples(ExampleSettings(256, shared_prompt=False)).length(p) for p in pairs]
     batches = length_grouped_batches(lengths, 3, seed=0)
     assert sorted(i for b in batches for i in b) == list(range(7))
     assert batches == length_grouped_batches(lengths, 3, seed=0)
@@ -101,8 +102,8 @@ def test_shipped_data_split_is_seeded_and_large_enough(tiny_dir: Path):
     first.setup("fit")
     again = _module(SHIPPED, tiny_dir, max_length=512, max_response_length=256, valid_fraction=0.1)
     again.setup("fit")
-    assert len(first.val_pairs) >= 400
-    assert first.val_pairs == again.val_pairs and first.train_pairs == again.train_pairs
+    assert len(first.val_examples) >= 400
+    assert first.val_examples == again.val_examples and first.train_examples == again.train_examples
     summary = first.summary
     assert summary["read"] == 4666
     dropped = sum(summary["dropped"].values())
@@ -120,7 +121,7 @@ def test_summary_is_saved_to_the_run_directory(tmp_path: Path, tiny_dir: Path, s
     saved = json.loads((tmp_path / "exp" / "trial" / "data_summary.json").read_text())
     assert saved == data.summary and saved["read"] == 48
     batch = next(iter(data.train_dataloader()))
-    assert batch_pairs(batch) == 8 and batch["input_ids"].shape[0] == 8  # packed: one row per pair
+    assert batch.n_examples == 8 and batch.input_ids.shape[0] == 8  # packed: one row per pair
 
 
 def test_hub_layout_loads_through_datasets(tmp_path: Path, tiny_dir: Path):
@@ -141,8 +142,8 @@ def test_hub_layout_loads_through_datasets(tmp_path: Path, tiny_dir: Path):
     )
     data.setup("fit")
     assert data.summary["read"] == 60
-    assert len(data.train_pairs) + len(data.val_pairs) + sum(data.summary["dropped"].values()) == 60
-    assert 35 <= len(data.train_pairs) <= 40 and 15 <= len(data.val_pairs) <= 20
+    assert len(data.train_examples) + len(data.val_examples) + sum(data.summary["dropped"].values()) == 60
+    assert 35 <= len(data.train_examples) <= 40 and 15 <= len(data.val_examples) <= 20
 
 
 def _write_subsets(root: Path, parts: dict[str, list[dict]]) -> Path:
@@ -167,13 +168,13 @@ def test_a_local_repository_copy_validates_on_its_own_test_files(tmp_path: Path,
     )
     data = _module(root, tiny_dir, data_dir="helpful-base", max_length=256)  # no val_split, no valid_fraction
     data.setup("fit")
-    from hhalign.loading import load_tokenizer
-    from hhalign.pairs import PairTokenizer
-    from hhalign.records import Record
+    from hhalign.data.pairs import PairTokenizer
+    from hhalign.data.records import Record
+    from hhalign.models.loading import load_tokenizer
 
     test_records = [Record(r["chosen"], r["rejected"], None, "test") for r in records[40:]]
-    assert data.val_pairs == PairTokenizer(load_tokenizer(str(tiny_dir)), 256)(test_records)
-    assert len(data.train_pairs) >= 35 and data.summary["validation"].endswith("(test split)")
+    assert data.val_examples == PairTokenizer(load_tokenizer(str(tiny_dir)), 256)(test_records)
+    assert len(data.train_examples) >= 35 and data.summary["validation"].endswith("(test split)")
 
 
 def test_a_separate_validation_file_is_validated_on_whole(tmp_path: Path, tiny_dir: Path):
@@ -185,7 +186,7 @@ def test_a_separate_validation_file_is_validated_on_whole(tmp_path: Path, tiny_d
     data.setup("fit")
     assert data.summary["read"] == 60 and data.summary["validation"] == f"{val} (every record)"
     dropped = sum(data.summary["dropped"].values())
-    assert len(data.train_pairs) + len(data.val_pairs) == 60 - dropped and len(data.train_pairs) >= 38
+    assert len(data.train_examples) + len(data.val_examples) == 60 - dropped and len(data.train_examples) >= 38
 
 
 def test_missing_local_dataset_folder_is_a_clear_error(tmp_path: Path, tiny_dir: Path):

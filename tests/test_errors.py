@@ -90,7 +90,7 @@ def test_max_length_too_small_for_any_pair(tmp_path: Path, tiny_dir: Path, small
 
 
 def test_bad_records_skipped_are_counted_in_the_summary(tmp_path: Path, tiny_dir: Path):
-    from hhalign.data import PreferenceDataModule
+    from hhalign.data.datamodule import PreferenceDataModule
 
     data = write_jsonl(tmp_path / "dirty.jsonl", shipped_records(40))
     with open(data, "a") as handle:

@@ -10,12 +10,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from hhalign.forward import model_inputs, response_logps
-from hhalign.loading import load_model
-from hhalign.modules import DPOModule
-from hhalign.packing import SharedPromptCollator
-from hhalign.pairs import PairTokenizer
-from hhalign.records import read_local
+from hhalign.data.batches import collate_packed_pairs, collate_pairs
+from hhalign.data.pairs import PairTokenizer
+from hhalign.data.records import read_local
+from hhalign.models.forward import model_inputs, response_logps
+from hhalign.models.loading import load_model
+from hhalign.objectives import DPOModule
 from tests.conftest import SHIPPED
 
 
@@ -23,7 +23,7 @@ from tests.conftest import SHIPPED
 def batch(tokenizer) -> dict[str, torch.Tensor]:
     records = read_local(str(SHIPPED), "error", Counter())[:40]
     pairs = PairTokenizer(tokenizer, max_length=192, max_response_length=96)(records)[:4]
-    return SharedPromptCollator(tokenizer.pad_token_id)(pairs)
+    return collate_packed_pairs(pairs, tokenizer.pad_token_id)
 
 
 @pytest.mark.parametrize("loss_type", ["simpo", ["simpo", "sft"]])
@@ -46,7 +46,7 @@ def test_combined_loss_is_the_weighted_sum(tiny_dir: Path, batch):
         module.hparams.loss_type, module.hparams.loss_weights = "sigmoid", None
         sigmoid = module.pair_outputs(batch).losses
         logps, n = response_logps(module.policy, model_inputs(module.policy, batch))
-    chosen_nll = -logps[:4].sum() / n[:4].sum()
+    chosen_nll = -logps[:4] / n[:4]  # per pair: each chosen response's mean NLL per token
     torch.testing.assert_close(combined, sigmoid + 0.25 * chosen_nll)
 
 
@@ -121,9 +121,8 @@ def test_step_zero_warns_when_policy_and_reference_disagree(tiny_dir: Path, batc
 
 
 def test_margins_flow_from_records_to_the_reward_loss(tiny_dir: Path, tokenizer, tmp_path: Path):
-    from hhalign.data import PairCollator
     from hhalign.errors import DataError
-    from hhalign.modules import RewardModule
+    from hhalign.objectives import RewardModule
     from tests.conftest import shipped_records, write_jsonl
 
     raw = shipped_records(6)
@@ -131,8 +130,8 @@ def test_margins_flow_from_records_to_the_reward_loss(tiny_dir: Path, tokenizer,
         record["margin"] = float(i)
     records = read_local(str(write_jsonl(tmp_path / "m.jsonl", raw)), "error", Counter())
     pairs = PairTokenizer(tokenizer, max_length=256, max_response_length=96)(records)[:3]
-    packed = SharedPromptCollator(tokenizer.pad_token_id)(pairs)
-    assert packed["margins"].tolist() == [p.margin for p in pairs] and PairCollator(0)(pairs)["margins"].shape == (3,)
+    packed = collate_packed_pairs(pairs, tokenizer.pad_token_id)
+    assert packed.margins.tolist() == [p.margin for p in pairs] and collate_pairs(pairs, 0).margins.shape == (3,)
     module = RewardModule(str(tiny_dir), center_rewards_coefficient=0.01)
     module.configure_model()
     module.eval()
@@ -141,7 +140,7 @@ def test_margins_flow_from_records_to_the_reward_loss(tiny_dir: Path, tokenizer,
         out = module.pair_outputs(packed)
         module.on_validation_epoch_end()
     c, r = out.chosen_rewards, out.rejected_rewards
-    expected = -torch.nn.functional.logsigmoid(c - r - packed["margins"]) + 0.01 * (c + r) ** 2
+    expected = -torch.nn.functional.logsigmoid(c - r - packed.margins) + 0.01 * (c + r) ** 2
     torch.testing.assert_close(out.losses, expected)
     rewards = torch.cat([c, r]).double()
     assert module.reward_stats["count"] == 6
@@ -153,7 +152,7 @@ def test_margins_flow_from_records_to_the_reward_loss(tiny_dir: Path, tokenizer,
 
 
 def test_lora_export_merges_the_adapters(tiny_dir: Path, batch):
-    from hhalign.loading import merged
+    from hhalign.models.loading import merged
 
     torch.manual_seed(0)
     module = DPOModule(str(tiny_dir), lora_rank=4)

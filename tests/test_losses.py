@@ -8,7 +8,9 @@ import pytest
 import torch
 from torch.testing import assert_close
 
-from hhalign.losses import DPO_LOSSES, bradley_terry_loss, dpo_loss, sequence_logps
+from hhalign.losses.preference import PREFERENCE_LOSSES
+from hhalign.losses.reward import bradley_terry_loss
+from tests.oracles import dpo_loss, sequence_logps
 
 
 def _reference_logps(logits: torch.Tensor, labels: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -111,9 +113,9 @@ AT_REFERENCE = {  # every loss with policy == reference (h = 0, log-ratios 0), �
 
 
 def test_every_reference_loss_has_a_value_at_the_reference():
-    from hhalign.losses import needs_reference
+    from hhalign.losses.preference import needs_reference
 
-    assert {n for n in DPO_LOSSES if needs_reference(n)} == set(AT_REFERENCE)
+    assert {n for n in PREFERENCE_LOSSES if needs_reference(n)} == set(AT_REFERENCE)
 
 
 @pytest.mark.parametrize("loss_type", sorted(AT_REFERENCE))
@@ -158,7 +160,7 @@ HAND = [
 
 @pytest.mark.parametrize(("loss_type", "options", "expected"), HAND, ids=[h[0] for h in HAND])
 def test_each_loss_by_hand(loss_type: str, options: dict, expected: float):
-    from hhalign.losses import LossOptions, PairLogps, preference_losses
+    from hhalign.losses.preference import LossOptions, PairLogps, preference_losses
 
     x = PairLogps(
         torch.tensor([-1.0]), torch.tensor([-3.0]), torch.tensor([-2.0]), torch.tensor([-2.0]),
@@ -178,7 +180,7 @@ def test_aot_matches_sorted_margins_not_pairs():
 
 
 def test_simpo_needs_no_reference_and_rewards_are_scaled_means():
-    from hhalign.losses import LossOptions, PairLogps, preference_losses
+    from hhalign.losses.preference import LossOptions, PairLogps, preference_losses
 
     counts = {"chosen_tokens": torch.tensor([2]), "rejected_tokens": torch.tensor([4])}
     x = PairLogps(torch.tensor([-1.0]), torch.tensor([-3.0]), **counts)
@@ -186,17 +188,51 @@ def test_simpo_needs_no_reference_and_rewards_are_scaled_means():
     assert_close(chosen, torch.tensor([-1.0])) and assert_close(rejected, torch.tensor([-1.5]))
 
 
-def test_sft_term_is_the_chosen_token_mean_and_combines_with_weights():
-    """Chosen sums −4 and −2 over 2 tokens each: NLL per token 1.5 for every pair; [sigmoid, sft] with
-    weights [1, 0.5] adds 0.75 to each pair's sigmoid loss."""
-    from hhalign.losses import LossOptions, PairLogps, preference_losses
+def test_sft_term_is_each_pairs_chosen_token_mean_and_combines_with_weights():
+    """Chosen sums −4 and −2 over 2 tokens each: NLL per token 2 and 1, pair by pair; [sigmoid, sft] with
+    weights [1, 0.5] adds 1.0 and 0.5 to the pairs' sigmoid losses (ln 2, policy = reference)."""
+    from hhalign.losses.preference import LossOptions, PairLogps, preference_losses
 
     x = PairLogps(
         torch.tensor([-4.0, -2.0]), torch.tensor([-3.0, -3.0]), torch.tensor([-4.0, -2.0]), torch.tensor([-3.0, -3.0]),
         torch.tensor([2, 2]), torch.tensor([3, 3]),
     )  # fmt: skip
     losses, _, _ = preference_losses(x, LossOptions(beta=0.1), ["sigmoid", "sft"], [1.0, 0.5])
-    assert_close(losses, torch.full((2,), LN2 + 0.75))
+    assert_close(losses, torch.tensor([LN2 + 1.0, LN2 + 0.5]))
+
+
+def test_orpo_by_hand():
+    """Per-token means ā_c = ln 0.5 (2 tokens summing 2·ln 0.5) and ā_r = ln 0.25 (1 token): odds 1 and 1/3,
+    log odds ratio ln 3; with λ = 0.2 the loss is −ln 0.5 − 0.2·log σ(ln 3) = ln 2 + 0.2·ln(4/3), since
+    σ(ln 3) = 3/4. No reference is read; rewards are λ·ā, detached."""
+    from hhalign.losses.preference import LossOptions, PairLogps, needs_reference, preference_losses
+
+    x = PairLogps(
+        torch.tensor([2 * math.log(0.5)], requires_grad=True), torch.tensor([math.log(0.25)]),
+        chosen_tokens=torch.tensor([2]), rejected_tokens=torch.tensor([1]),
+    )  # fmt: skip
+    losses, chosen, rejected = preference_losses(x, LossOptions(beta=0.2), "orpo")
+    assert_close(losses, torch.tensor([LN2 + 0.2 * math.log(4 / 3)]))
+    assert_close(chosen, torch.tensor([0.2 * math.log(0.5)])) and assert_close(
+        rejected, torch.tensor([0.2 * math.log(0.25)])
+    )
+    assert not needs_reference("orpo") and not chosen.requires_grad
+    losses.sum().backward()  # the NLL term pulls the chosen likelihood up: its gradient is negative
+    assert x.policy_chosen.grad is not None and float(x.policy_chosen.grad) < 0
+
+
+def test_orpo_log_odds_stay_finite_near_certainty():
+    """A chosen response the policy is sure of (ā → 0⁻) has odds → ∞; the loss must stay finite there."""
+    from hhalign.losses.preference import LossOptions, PairLogps, preference_losses
+
+    x = PairLogps(
+        torch.tensor([-1e-9, -1e-3]),
+        torch.tensor([-5.0, -5.0]),
+        chosen_tokens=torch.ones(2),
+        rejected_tokens=torch.ones(2),
+    )
+    losses, _, _ = preference_losses(x, LossOptions(beta=0.1), "orpo")
+    assert torch.isfinite(losses).all() and (losses >= 0).all()
 
 
 def test_swapping_chosen_and_rejected_flips_the_margin():
@@ -223,7 +259,7 @@ def test_bradley_terry_by_hand():
 @pytest.mark.parametrize(
     ("options", "message"),
     [
-        ({"beta": 0.1, "loss_type": "kto"}, "unknown loss_type 'kto'; choose one of ['aot', 'apo_down'"),
+        ({"beta": 0.1, "loss_type": "kto"}, "unknown loss_type 'kto'; choose one of sigmoid, robust, hinge, ipo"),
         ({"beta": 0.1, "loss_type": "sft"}, "loss_type needs a preference loss"),
         ({"beta": 0.1, "loss_type": "sigmoid", "label_smoothing": 0.5}, "label_smoothing must be in"),
         ({"beta": 0.0, "loss_type": "sigmoid"}, "beta must be > 0"),
@@ -231,17 +267,18 @@ def test_bradley_terry_by_hand():
     ],
 )
 def test_bad_options_raise_value_error_naming_valid_values(options: dict, message: str):
-    x = torch.zeros(1)
-    with pytest.raises(ValueError, match=message.replace("[", r"\[").replace("]", r"\]")):
-        dpo_loss(x, x, x, x, **options)
+    from hhalign.losses.preference import check_preference_options
+
+    with pytest.raises(ValueError, match=message):
+        check_preference_options(**options)
 
 
 def test_loss_type_choices_match_the_loss_table():
     from typing import get_args
 
-    from hhalign.losses import LossType
+    from hhalign.losses.preference import LossType
 
-    assert sorted(get_args(LossType)) == sorted(DPO_LOSSES)
+    assert sorted(get_args(LossType)) == sorted(PREFERENCE_LOSSES)
 
 
 def test_bradley_terry_with_margins_and_centering_by_hand():

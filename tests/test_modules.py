@@ -4,15 +4,16 @@ from __future__ import annotations
 
 import math
 import random
+from functools import partial
 from pathlib import Path
 
 import pytest
 import torch
 
-from hhalign.data import PairCollator
-from hhalign.modules import DPOModule, RewardModule
-from hhalign.pairs import PairTokenizer
-from hhalign.records import Record
+from hhalign.data.batches import collate_packed_pairs, collate_pairs
+from hhalign.data.pairs import PairTokenizer
+from hhalign.data.records import Record
+from hhalign.objectives import DPOModule, RewardModule
 from tests.conftest import shipped_records
 
 
@@ -22,7 +23,7 @@ def _batch(tokenizer, n: int = 4, padding_side: str = "right") -> dict[str, torc
     pairs = PairTokenizer(tokenizer, max_length=128, max_response_length=64)(records)
     eos = tokenizer.eos_token_id
     pairs = [p for p in pairs if p.chosen[-1] == eos and p.rejected[-1] == eos][:n]
-    return PairCollator(tokenizer.pad_token_id, padding_side)(pairs)
+    return collate_pairs(pairs, tokenizer.pad_token_id, padding_side)
 
 
 def test_tiny_tokenizer_pads_with_its_eos(tokenizer):
@@ -36,11 +37,11 @@ def test_reward_is_read_at_the_eos_for_either_padding_side(tiny_dir: Path, token
     right = _batch(tokenizer, padding_side="right")
     left = _batch(tokenizer, padding_side="left")
     with torch.no_grad():
-        r_right = module.rewards(right["input_ids"], right["attention_mask"])
-        r_left = module.rewards(left["input_ids"], left["attention_mask"])
+        r_right = module.rewards(right.input_ids, right.attention_mask)
+        r_left = module.rewards(left.input_ids, left.attention_mask)
         # each row alone, unpadded: the reward of its final token, the EOS
         alone = []
-        for row, mask in zip(right["input_ids"], right["attention_mask"], strict=True):
+        for row, mask in zip(right.input_ids, right.attention_mask, strict=True):
             ids = row[mask.bool()][None]
             assert ids[0, -1] == tokenizer.eos_token_id
             alone.append(module.rewards(ids, torch.ones_like(ids)))
@@ -48,7 +49,7 @@ def test_reward_is_read_at_the_eos_for_either_padding_side(tiny_dir: Path, token
     torch.testing.assert_close(r_left, r_right, rtol=1e-4, atol=1e-4)
     # the library's own pooling looks for pad == EOS and lands elsewhere: the reason we do not use it
     with torch.no_grad():
-        library = module.model(input_ids=right["input_ids"], attention_mask=right["attention_mask"]).logits[:, 0]
+        library = module.model(input_ids=right.input_ids, attention_mask=right.attention_mask).logits[:, 0]
     assert not torch.allclose(library, r_right, atol=1e-4)
 
 
@@ -118,7 +119,7 @@ def test_dpo_ranks_unseen_pairs_when_the_data_carry_a_learnable_preference(tiny_
     assert len(held_out) == 40
     # no length shortcut: the chosen reply is the longer one in at most 60% of the held-out pairs
     assert sum(len(p.chosen) > len(p.rejected) for p in held_out) <= 24
-    collate = PairCollator(tokenizer.pad_token_id)
+    collate = partial(collate_pairs, pad_token_id=tokenizer.pad_token_id)
     torch.manual_seed(0)
     module = DPOModule(str(tiny_dir), beta=0.1)
     module.configure_model()
@@ -156,7 +157,7 @@ def test_reward_model_fits_a_small_fixed_set(tiny_dir: Path, tokenizer):
     records = [Record(r["chosen"], r["rejected"], None, "t") for r in shipped_records(60)]
     pairs = PairTokenizer(tokenizer, max_length=128, max_response_length=64)(records)[:32]
     assert len(pairs) == 32
-    collate = PairCollator(tokenizer.pad_token_id)
+    collate = partial(collate_pairs, pad_token_id=tokenizer.pad_token_id)
     batches = [collate(pairs[i : i + 8]) for i in range(0, 32, 8)]
     module = RewardModule(str(tiny_dir))
     module.configure_model()
@@ -180,15 +181,14 @@ def test_length_metrics_count_longer_and_score_the_chosen_shorter_pairs():
     """Pairs (chosen, rejected) lengths: (3, 2) longer, (2, 4) shorter, (2, 2) equal, (1, 5) shorter; the
     rewards rank pairs 0 and 1 right and 2 and 3 wrong. Longer-wins baseline 1/4; chosen shorter in 2/4;
     of those two, one (pair 1) is ranked right: 1/2. The same in both layouts."""
-    from hhalign.data import PairCollator
-    from hhalign.modules.base import PairOutputs, length_metrics
-    from hhalign.packing import SharedPromptCollator
-    from hhalign.pairs import TokenizedPair
+
+    from hhalign.data.pairs import TokenizedPair
+    from hhalign.objectives.outputs import PairOutputs, length_metrics
 
     lengths = [(3, 2), (2, 4), (2, 2), (1, 5)]
     pairs = [TokenizedPair([9, 8], [7] * (c - 1) + [1], [6] * (r - 1) + [1]) for c, r in lengths]
     out = PairOutputs(torch.zeros(4), torch.tensor([1.0, 2.0, 0.0, -1.0]), torch.tensor([0.0, 1.0, 0.5, 0.0]))
-    for batch in (SharedPromptCollator(1)(pairs), PairCollator(1)(pairs)):
+    for batch in (collate_packed_pairs(pairs, 1), collate_pairs(pairs, 1)):
         metrics = length_metrics(out.step_outputs(), batch)
         assert metrics["length_baseline"][0].mean() == 0.25 and metrics["chosen_shorter_rate"][0].mean() == 0.5
         correct, weights = metrics["reward_accuracy_chosen_shorter"]

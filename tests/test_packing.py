@@ -9,15 +9,15 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from hhalign.data import PairCollator
-from hhalign.forward import model_inputs, position_ids_from_mask, response_logps
-from hhalign.loading import load_model
-from hhalign.losses import sequence_logps
-from hhalign.modules import DPOModule, RewardModule
-from hhalign.packing import SharedPromptCollator, scored_tokens, shared_prompt_attention, unpack
-from hhalign.pairs import PairTokenizer, TokenizedPair
-from hhalign.records import read_local
+from hhalign.data.batches import collate_packed_pairs, collate_pairs
+from hhalign.data.pairs import PairTokenizer, TokenizedPair
+from hhalign.data.records import read_local
+from hhalign.models.forward import model_inputs, position_ids_from_mask, response_logps
+from hhalign.models.layout import scored_tokens, shared_prompt_attention, unpack
+from hhalign.models.loading import load_model
+from hhalign.objectives import DPOModule, RewardModule
 from tests.conftest import SHIPPED
+from tests.oracles import sequence_logps
 
 PAIRS = [
     TokenizedPair(prompt=[5, 6], chosen=[7, 1], rejected=[8, 9, 1]),
@@ -26,19 +26,19 @@ PAIRS = [
 
 
 def test_packed_collator_exact_tensors():
-    batch = SharedPromptCollator(pad_token_id=1)(PAIRS)  # pad == EOS
-    assert torch.equal(batch["input_ids"], torch.tensor([[5, 6, 7, 1, 8, 9, 1], [5, 4, 4, 4, 1, 3, 1]]))
-    assert torch.equal(batch["attention_mask"], torch.tensor([[1, 1, 1, 1, 1, 1, 1], [1, 1, 1, 1, 1, 1, 1]]))
+    batch = collate_packed_pairs(PAIRS, pad_token_id=1)  # pad == EOS
+    assert torch.equal(batch.input_ids, torch.tensor([[5, 6, 7, 1, 8, 9, 1], [5, 4, 4, 4, 1, 3, 1]]))
+    assert torch.equal(batch.attention_mask, torch.tensor([[1, 1, 1, 1, 1, 1, 1], [1, 1, 1, 1, 1, 1, 1]]))
     # the rejected response restarts right after the prompt
-    assert torch.equal(batch["position_ids"], torch.tensor([[0, 1, 2, 3, 2, 3, 4], [0, 1, 2, 3, 4, 1, 2]]))
-    assert batch["prompt_lengths"].tolist() == [2, 1]
-    assert batch["chosen_lengths"].tolist() == [2, 4]
-    assert batch["rejected_lengths"].tolist() == [3, 2]
+    assert torch.equal(batch.position_ids, torch.tensor([[0, 1, 2, 3, 2, 3, 4], [0, 1, 2, 3, 4, 1, 2]]))
+    assert batch.prompt_lengths.tolist() == [2, 1]
+    assert batch.chosen_lengths.tolist() == [2, 4]
+    assert batch.rejected_lengths.tolist() == [3, 2]
 
 
 def test_shared_prompt_mask_hides_chosen_from_rejected():
     pairs = [TokenizedPair(prompt=[5, 6], chosen=[7, 1], rejected=[8, 1]), TokenizedPair([5], [4, 1], [3, 1])]
-    mask = shared_prompt_attention(SharedPromptCollator(pad_token_id=0)(pairs)).int()
+    mask = shared_prompt_attention(collate_packed_pairs(pairs, pad_token_id=0)).int()
     # row 0: prompt 0-1, chosen 2-3, rejected 4-5; rejected queries see the prompt and themselves only
     expected_0 = [
         [1, 0, 0, 0, 0, 0],
@@ -62,7 +62,7 @@ def test_shared_prompt_mask_hides_chosen_from_rejected():
 
 
 def test_scored_tokens_of_a_packed_row_point_the_first_rejected_token_at_the_prompt():
-    scored = scored_tokens(SharedPromptCollator(pad_token_id=1)(PAIRS[:1]))
+    scored = scored_tokens(collate_packed_pairs(PAIRS[:1], pad_token_id=1))
     # chosen 7, 1 at columns 2-3 are scored by 1-2; rejected 8, 9, 1 at 4-6 by 1 (the prompt's end), 4, 5
     assert scored.predictors.tolist() == [1, 2, 1, 4, 5]
     assert scored.labels.tolist() == [7, 1, 8, 9, 1]
@@ -70,12 +70,12 @@ def test_scored_tokens_of_a_packed_row_point_the_first_rejected_token_at_the_pro
 
 
 def test_unpack_gives_the_plain_layout():
-    plain = PairCollator(pad_token_id=1)(PAIRS)
-    unpacked = unpack(SharedPromptCollator(pad_token_id=1)(PAIRS))
-    assert torch.equal(unpacked["attention_mask"], plain["attention_mask"])
-    assert torch.equal(unpacked["loss_mask"], plain["loss_mask"])
-    real = plain["attention_mask"].bool()
-    assert torch.equal(unpacked["input_ids"][real], plain["input_ids"][real])
+    plain = collate_pairs(PAIRS, pad_token_id=1)
+    unpacked = unpack(collate_packed_pairs(PAIRS, pad_token_id=1))
+    assert torch.equal(unpacked.attention_mask, plain.attention_mask)
+    assert torch.equal(unpacked.loss_mask, plain.loss_mask)
+    real = plain.attention_mask.bool()
+    assert torch.equal(unpacked.input_ids[real], plain.input_ids[real])
 
 
 def _real_pairs(tokenizer, n: int = 8) -> list[TokenizedPair]:
@@ -92,30 +92,30 @@ def test_packed_log_probs_equal_the_plain_path(tiny_dir: Path, tokenizer, dtype,
 
     (``eager`` is checked in float32 only: its softmax runs in float32 whatever the model dtype.)"""
     pairs = _real_pairs(tokenizer)
-    plain = PairCollator(tokenizer.pad_token_id)(pairs)
-    packed = SharedPromptCollator(tokenizer.pad_token_id)(pairs)
+    plain = collate_pairs(pairs, tokenizer.pad_token_id)
+    packed = collate_packed_pairs(pairs, tokenizer.pad_token_id)
     model = load_model(str(tiny_dir), dtype=dtype, attn_implementation=attn).eval()
     with torch.no_grad():
         logits = model(
-            input_ids=plain["input_ids"],
-            attention_mask=plain["attention_mask"],
-            position_ids=position_ids_from_mask(plain["attention_mask"]),
+            input_ids=plain.input_ids,
+            attention_mask=plain.attention_mask,
+            position_ids=position_ids_from_mask(plain.attention_mask),
         ).logits
-        expected, expected_n = sequence_logps(logits, plain["input_ids"], plain["loss_mask"])
+        expected, expected_n = sequence_logps(logits, plain.input_ids, plain.loss_mask)
         got, got_n = response_logps(model, model_inputs(model, packed))
-    assert "attention_mask_4d" in model_inputs(model, packed)  # the packed path really ran
+    assert model_inputs(model, packed).attention_mask.dim() == 4  # the packed path really ran
     assert torch.equal(got_n, expected_n)
     relative = ((got - expected).abs() / expected.abs()).max().item()
     assert relative < rtol, relative
-    assert packed["attention_mask"].sum() < plain["attention_mask"].sum()
+    assert packed.attention_mask.sum() < plain.attention_mask.sum()
 
 
 def test_attention_without_4d_masks_falls_back_to_plain_rows():
     model = SimpleNamespace(config=SimpleNamespace(_attn_implementation="flash_attention_2"))
-    packed = SharedPromptCollator(pad_token_id=1)(PAIRS)
+    packed = collate_packed_pairs(PAIRS, pad_token_id=1)
     inputs = model_inputs(model, packed)  # type: ignore[arg-type]
-    assert "attention_mask_4d" not in inputs and inputs["input_ids"].shape[0] == 4
-    assert torch.equal(inputs["loss_mask"], PairCollator(pad_token_id=1)(PAIRS)["loss_mask"])
+    assert inputs.attention_mask.dim() == 2 and inputs.batch.input_ids.shape[0] == 4
+    assert torch.equal(inputs.batch.loss_mask, collate_pairs(PAIRS, pad_token_id=1).loss_mask)
 
 
 def _dpo_grads(module: DPOModule, batch: dict) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
@@ -135,8 +135,8 @@ def test_dpo_losses_and_gradients_equal_packed_and_plain(tiny_dir: Path, tokeniz
     with torch.no_grad():
         for p in module.policy.parameters():
             p.add_(torch.randn_like(p) * 0.02)
-    packed = SharedPromptCollator(tokenizer.pad_token_id)(pairs)
-    plain = PairCollator(tokenizer.pad_token_id)(pairs)
+    packed = collate_packed_pairs(pairs, tokenizer.pad_token_id)
+    plain = collate_pairs(pairs, tokenizer.pad_token_id)
     loss_packed, grads_packed = _dpo_grads(module, packed)
     loss_plain, grads_plain = _dpo_grads(module, plain)
     torch.testing.assert_close(loss_packed, loss_plain, rtol=1e-5, atol=1e-6)
@@ -147,7 +147,7 @@ def test_dpo_losses_and_gradients_equal_packed_and_plain(tiny_dir: Path, tokeniz
 
 def test_gradient_checkpointing_changes_nothing_but_memory(tiny_dir: Path, tokenizer):
     pairs = _real_pairs(tokenizer, 4)
-    batch = SharedPromptCollator(tokenizer.pad_token_id)(pairs)
+    batch = collate_packed_pairs(pairs, tokenizer.pad_token_id)
     results = []
     for checkpointing in (False, True):
         torch.manual_seed(0)
@@ -169,6 +169,6 @@ def test_reward_model_rewards_equal_packed_and_plain(tiny_dir: Path, tokenizer):
     module.configure_model()
     module.eval()
     with torch.no_grad():
-        packed = module.batch_rewards(SharedPromptCollator(tokenizer.pad_token_id)(pairs))
-        plain = module.batch_rewards(PairCollator(tokenizer.pad_token_id)(pairs))
+        packed = module.batch_rewards(collate_packed_pairs(pairs, tokenizer.pad_token_id))
+        plain = module.batch_rewards(collate_pairs(pairs, tokenizer.pad_token_id))
     torch.testing.assert_close(packed, plain, rtol=1e-5, atol=1e-6)

@@ -8,8 +8,8 @@ from collections import Counter
 
 import pytest
 
-from hhalign.pairs import ASSISTANT, PairTokenizer, split_dialogues
-from hhalign.records import Record, read_local
+from hhalign.data.pairs import ASSISTANT, PairTokenizer, split_dialogues
+from hhalign.data.records import Record, read_local
 from tests.conftest import SHIPPED
 
 

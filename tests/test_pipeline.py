@@ -12,16 +12,17 @@ import torch
 from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 
 from hhalign.cli import main
-from hhalign.data import PreferenceDataModule
-from hhalign.dialogues import DialogueCollator, DialogueTokenizer, dialogue_pieces
-from hhalign.export import export_checkpoint
-from hhalign.forward import position_ids_from_mask
-from hhalign.losses import sequence_logps
-from hhalign.modules import DPOModule, RewardModule, SFTModule
-from hhalign.plot import plot_run
-from hhalign.records import Record
-from hhalign.summary import accuracy_interval, format_summary, summary_table, wilson_interval
+from hhalign.data.batches import SequenceBatch, collate_dialogues, collate_packed_pairs
+from hhalign.data.datamodule import PreferenceDataModule
+from hhalign.data.dialogues import DialogueTokenizer, dialogue_pieces
+from hhalign.data.records import Record
+from hhalign.models.forward import position_ids_from_mask
+from hhalign.objectives import DPOModule, RewardModule, SFTModule
+from hhalign.tools.export import export_checkpoint
+from hhalign.tools.plot import plot_run
+from hhalign.tools.summary import accuracy_interval, format_summary, summary_table, wilson_interval
 from tests.conftest import fit_tiny
+from tests.oracles import sequence_logps
 
 DIALOGUE = "\n\nHuman: hi there\n\nAssistant: hello!\n\nHuman: how are you?\n\nAssistant: fine, thanks."
 
@@ -50,17 +51,17 @@ def test_long_dialogue_loses_its_first_turns(tokenizer):
 
 def test_sft_loss_is_the_token_mean_of_target_cross_entropy(tiny_dir: Path, tokenizer):
     records = [Record(DIALOGUE, "x", None, "a"), Record(DIALOGUE.replace("fine", "great"), "x", None, "b")]
-    batch = DialogueCollator(tokenizer.pad_token_id)(DialogueTokenizer(tokenizer, 256)(records))
+    batch = collate_dialogues(DialogueTokenizer(tokenizer, 256)(records), tokenizer.pad_token_id)
     module = SFTModule(str(tiny_dir))
     module.configure_model()
     out = module.step_outputs(batch)
     with torch.no_grad():
         logits = module.model(
-            input_ids=batch["input_ids"],
-            attention_mask=batch["attention_mask"],
-            position_ids=position_ids_from_mask(batch["attention_mask"]),
+            input_ids=batch.input_ids,
+            attention_mask=batch.attention_mask,
+            position_ids=position_ids_from_mask(batch.attention_mask),
         ).logits
-    logps, n_tokens = sequence_logps(logits, batch["input_ids"], batch["loss_mask"])
+    logps, n_tokens = sequence_logps(logits, batch.input_ids, batch.loss_mask)
     torch.testing.assert_close(out.loss.detach(), -logps.sum() / n_tokens.sum())
     assert math.log(4096) - 0.5 < out.loss.item() < math.log(4096) + 0.5  # a random model: about uniform
 
@@ -69,8 +70,8 @@ def test_data_module_builds_dialogues_for_sft(tiny_dir: Path, small_jsonl: Path)
     data = PreferenceDataModule(str(small_jsonl), str(tiny_dir), max_length=256, examples="dialogues")
     data.setup("fit")
     batch = next(iter(data.train_dataloader()))
-    assert set(batch) == {"input_ids", "attention_mask", "loss_mask"} and batch["input_ids"].shape[0] == 8
-    assert (batch["loss_mask"] <= batch["attention_mask"]).all() and batch["loss_mask"].sum() > 0
+    assert type(batch) is SequenceBatch and batch.input_ids.shape[0] == 8
+    assert (batch.loss_mask <= batch.attention_mask).all() and batch.loss_mask.sum() > 0
 
 
 def _fit(tmp_path: Path, tiny_dir: Path, data: Path, config: str, trial: str) -> Path:
@@ -125,15 +126,15 @@ def test_export_reloads_with_plain_transformers_and_matches(
     ckpt = sft_run / "checkpoints" / "last.ckpt"
     out = export_checkpoint(str(ckpt), str(tmp_path / "sft-export"))
     records = [Record(DIALOGUE, "x", None, "a"), Record(DIALOGUE.replace("fine", "great"), "x", None, "b")]
-    batch = DialogueCollator(tokenizer.pad_token_id)(DialogueTokenizer(tokenizer, 256)(records))
+    batch = collate_dialogues(DialogueTokenizer(tokenizer, 256)(records), tokenizer.pad_token_id)
     module = SFTModule(str(ckpt))
     module.configure_model()
     module.eval()
     plain = AutoModelForCausalLM.from_pretrained(out).eval()
     with torch.no_grad():
         expected = module.step_outputs(batch).metrics["loss"][0]
-        logits = plain(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-        logps, n = sequence_logps(logits, batch["input_ids"], batch["loss_mask"])
+        logits = plain(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
+        logps, n = sequence_logps(logits, batch.input_ids, batch.loss_mask)
     torch.testing.assert_close(-logps / n, expected, rtol=1e-5, atol=1e-5)
     # a reward model: one unpadded sequence at a time, plain transformers reads the EOS as we do
     run_dir = _fit(tmp_path, tiny_dir, small_jsonl, "configs/tiny/rm.yaml", "rm")
@@ -145,7 +146,7 @@ def test_export_reloads_with_plain_transformers_and_matches(
     scorer = AutoModelForSequenceClassification.from_pretrained(rm_out).eval()
     assert not any(k.startswith("ref") for k in scorer.state_dict())
     with torch.no_grad():
-        for row, mask in zip(batch["input_ids"], batch["attention_mask"], strict=True):
+        for row, mask in zip(batch.input_ids, batch.attention_mask, strict=True):
             ids = row[mask.bool()][None]
             theirs = scorer(input_ids=ids).logits[0, 0]
             torch.testing.assert_close(theirs, rm.rewards(ids, torch.ones_like(ids))[0], rtol=1e-5, atol=1e-5)
@@ -207,9 +208,8 @@ def test_plot_draws_every_dpo_panel(tmp_path: Path):
 def test_score_and_generate_use_the_training_format(
     sft_run: Path, tmp_path: Path, tiny_dir: Path, small_jsonl: Path, tokenizer, capsys: pytest.CaptureFixture[str]
 ):
-    from hhalign.packing import SharedPromptCollator
-    from hhalign.pairs import PairTokenizer
-    from hhalign.records import read_local
+    from hhalign.data.pairs import PairTokenizer
+    from hhalign.data.records import read_local
 
     main(["generate", "--model", str(sft_run / "export"), "--prompt", "How do I bake bread?", "--max-new-tokens", "8"])
     main(["generate", "--model", str(sft_run / "export"), "--prompt", "How do I bake bread?", "--max-new-tokens", "8"])
@@ -229,7 +229,7 @@ def test_score_and_generate_use_the_training_format(
     module.configure_model()
     module.eval()
     with torch.no_grad():
-        out = module.pair_outputs(SharedPromptCollator(tokenizer.pad_token_id)(pairs))
+        out = module.pair_outputs(collate_packed_pairs(pairs, tokenizer.pad_token_id))
     expected = [s["chosen_reward"] for s in scored[:4]]
     torch.testing.assert_close(out.chosen_rewards, torch.tensor(expected), rtol=1e-4, atol=1e-5)
 
@@ -237,8 +237,8 @@ def test_score_and_generate_use_the_training_format(
 def test_score_report_puts_the_length_baseline_beside_the_accuracy():
     """Four pairs: chosen longer in pairs 0 and 2, shorter in 1 and 3; rewards rank 0, 1 and 2 right. Accuracy
     3/4, longer wins 2/4, and of the two chosen-shorter pairs one (pair 1) is ranked right."""
-    from hhalign.pairs import TokenizedPair
-    from hhalign.use import pair_report
+    from hhalign.data.pairs import TokenizedPair
+    from hhalign.tools.use import pair_report
 
     pairs = [TokenizedPair([1], [5] * c, [6] * r) for c, r in ((3, 1), (1, 2), (4, 2), (2, 5))]
     report = pair_report(pairs, [1.0, 1.0, 1.0, 0.0], [0.0, 0.5, 0.0, 1.0])

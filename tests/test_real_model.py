@@ -12,15 +12,15 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
 
-from hhalign.data import PairCollator
+from hhalign.data.batches import collate_packed_pairs, collate_pairs
+from hhalign.data.pairs import PairTokenizer
+from hhalign.data.records import read_local
+from hhalign.data.templates import ChatTemplate, to_messages
 from hhalign.errors import ModelLoadError
-from hhalign.importing import IMPORT_INFO, import_gguf
-from hhalign.loading import load_model, load_tokenizer
-from hhalign.modules import DPOModule, RewardModule
-from hhalign.packing import SharedPromptCollator, last_tokens, scored_tokens
-from hhalign.pairs import PairTokenizer
-from hhalign.records import read_local
-from hhalign.templates import ChatTemplate, to_messages
+from hhalign.models.importing import IMPORT_INFO, import_gguf
+from hhalign.models.layout import last_tokens, scored_tokens
+from hhalign.models.loading import load_model, load_tokenizer
+from hhalign.objectives import DPOModule, RewardModule
 from tests.conftest import REPO, SHIPPED, shipped_records, write_jsonl
 from tests.gguf_files import dequantized, rotary_to_interleaved, write_llama_gguf
 
@@ -117,7 +117,7 @@ def test_chat_template_pairs_share_their_prompt_tokens_and_match_the_template(re
 def test_every_response_eos_is_scored_although_it_is_the_pad_id(real_tokenizer, real_pairs):
     eos = real_tokenizer.eos_token_id
     pairs = real_pairs[:6]
-    for batch in (SharedPromptCollator(eos)(pairs), PairCollator(eos)(pairs)):
+    for batch in (collate_packed_pairs(pairs, eos), collate_pairs(pairs, eos)):
         scored = scored_tokens(batch)
         for sequence in range(2 * len(pairs)):
             labels = scored.labels[scored.sequences == sequence].tolist()
@@ -139,9 +139,9 @@ def test_reward_is_read_at_the_last_real_token_not_the_first_pad_equal_one(real_
     pooling (first pad id) would read a sequence at the EOS that ends its prompt's system turn instead."""
     pairs = real_pairs[:4]
     eos = real_pairs[0].chosen[-1]
-    for batch in (SharedPromptCollator(eos)(pairs), PairCollator(eos)(pairs)):
+    for batch in (collate_packed_pairs(pairs, eos), collate_pairs(pairs, eos)):
         rows, cols = last_tokens(batch)
-        assert (batch["input_ids"][rows, cols] == eos).all()
+        assert (batch.input_ids[rows, cols] == eos).all()
         with torch.no_grad():
             padded = real_reward_module.batch_rewards(batch)
             alone = [
@@ -155,7 +155,7 @@ def test_reward_is_read_at_the_last_real_token_not_the_first_pad_equal_one(real_
 def test_dpo_step_zero_is_ln2_exactly_on_the_real_model(smollm2_dir: Path, real_pairs, real_tokenizer):
     module = DPOModule(str(smollm2_dir))
     module.configure_model()
-    out = module.pair_outputs(SharedPromptCollator(real_tokenizer.eos_token_id)(real_pairs[:4]))
+    out = module.pair_outputs(collate_packed_pairs(real_pairs[:4], real_tokenizer.eos_token_id))
     assert torch.equal(out.losses.detach(), torch.full((4,), math.log(2)))
     assert (out.chosen_rewards == 0).all() and (out.rejected_rewards == 0).all()
 

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from hhalign.data.records import read_local
 from hhalign.errors import DataError
-from hhalign.records import read_local
 
 GOOD = '{"chosen": "\\n\\nHuman: hi\\n\\nAssistant: hello", "rejected": "\\n\\nHuman: hi\\n\\nAssistant: go away"}\n'
 

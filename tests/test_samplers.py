@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import random
 
-from hhalign.samplers import ResumableShuffle
+from hhalign.data.samplers import ResumableShuffle
 
 _RNG = random.Random(1)
 LENGTHS = [_RNG.randint(10, 500) for _ in range(200)]

@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
+from hhalign.data.pairs import PairTokenizer
+from hhalign.data.records import Record
+from hhalign.data.templates import ChatTemplate, to_messages
 from hhalign.errors import ConfigError
-from hhalign.pairs import PairTokenizer
-from hhalign.records import Record
-from hhalign.templates import ChatTemplate, to_messages
 
 TEMPLATE = (
     "{{ bos_token }}{% for m in messages %}{{ '[' + m['role'] + '] ' + m['content'] + eos_token }}{% endfor %}"
@@ -55,15 +55,15 @@ def test_long_templated_prompts_lose_whole_turns(chat_tokenizer):
 
 
 def test_a_tokenizer_without_a_template_is_a_clear_error(tokenizer, tiny_dir: Path, small_jsonl: Path):
-    from hhalign.data import PreferenceDataModule
+    from hhalign.data.datamodule import PreferenceDataModule
 
     with pytest.raises(ConfigError, match="has no chat template; turn data.chat_template off"):
         PreferenceDataModule(str(small_jsonl), str(tiny_dir), chat_template=True).setup("fit")
 
 
 def test_generate_uses_the_template(chat_tokenizer, tiny_dir: Path):
-    from hhalign.loading import load_model
-    from hhalign.use import generate_reply
+    from hhalign.models.loading import load_model
+    from hhalign.tools.use import generate_reply
 
     model = load_model(str(tiny_dir)).eval()
     prompts = []
@@ -76,7 +76,7 @@ def test_generate_uses_the_template(chat_tokenizer, tiny_dir: Path):
 
 
 def test_sft_targets_are_the_assistant_replies_of_the_rendering(chat_tokenizer):
-    from hhalign.dialogues import DialogueTokenizer
+    from hhalign.data.dialogues import DialogueTokenizer
 
     dialogue_text = PROMPT + " fine, thanks."
     tokenize = DialogueTokenizer(chat_tokenizer, 256, ChatTemplate(chat_tokenizer))

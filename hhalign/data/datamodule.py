@@ -1,0 +1,210 @@
+"""The LightningDataModule: records read, split and tokenized into the examples the objective reads,
+then batched by the collator of that kind of example."""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+from jsonargparse.typing import NonNegativeInt, PositiveInt
+from torch.utils.data import DataLoader
+from torchdata.stateful_dataloader import StatefulDataLoader
+
+from hhalign.data.batches import PaddingSide
+from hhalign.data.examples import EXAMPLE_KINDS, ExampleKind, ExampleSettings, sequences_fingerprint
+from hhalign.data.records import OnBadRecord, Record, is_jsonl_source, read_hub, read_local, test_split_of
+from hhalign.data.samplers import EvalShard, ResumableShuffle
+from hhalign.data.templates import ChatTemplate
+from hhalign.errors import ConfigError, DataError
+from hhalign.models.loading import load_tokenizer
+
+log = logging.getLogger(__name__)
+
+SUMMARY_FILE = "data_summary.json"
+
+
+def split_records(records: list[Record], valid_fraction: float, seed: int) -> tuple[list[Record], list[Record]]:
+    """A seeded split that depends on the records alone, not on the tokenizer or the machine."""
+    if not 0 < valid_fraction < 1:
+        raise ConfigError(f"data.valid_fraction must be between 0 and 1 (got {valid_fraction})")
+    order = list(range(len(records)))
+    random.Random(seed).shuffle(order)
+    n_val = max(1, round(len(records) * valid_fraction))
+    return [records[i] for i in sorted(order[n_val:])], [records[i] for i in sorted(order[:n_val])]
+
+
+def length_grouped_batches(lengths: list[int], batch_size: int, seed: int) -> list[list[int]]:
+    """Batches of similar length, in a seeded order: evaluation pads little, and its first
+    batches are a spread of lengths rather than the shortest examples."""
+    order = sorted(range(len(lengths)), key=lambda i: lengths[i])
+    batches = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+    random.Random(seed).shuffle(batches)
+    return batches
+
+
+class PreferenceDataModule(L.LightningDataModule):
+    """hh-rlhf style chosen/rejected pairs, tokenized with a shared prompt.
+
+    Args:
+        path: A local ``.jsonl``/``.jsonl.gz`` file or folder of them, or a Hugging Face dataset name or
+            folder for ``datasets.load_dataset``.
+        tokenizer_name_or_path: Linked by the CLI to the model's path.
+        data_dir: Passed to ``load_dataset`` (e.g. ``helpful-base`` for ``Anthropic/hh-rlhf``).
+        val_path: Validate on this source (file, folder or dataset, as ``path``) instead of a part of ``path``.
+        train_split: Split to train on (datasets, e.g. a hub name or a local copy of hh-rlhf).
+        val_split: Split to validate on (datasets); when None, the dataset's ``test`` split if it has one
+            beside its training split, otherwise ``valid_fraction`` of the training records, held out
+            with ``split_seed``. A JSONL file or folder of JSONL files is one pool: ``valid_fraction``.
+        shuffle_seed: Seeds the training order, a new permutation each epoch.
+        max_length: Bound on prompt + the longer response, in tokens.
+        max_response_length: Bound on each response (default: ``max_length``).
+        on_bad_record: ``error`` stops at the first unusable record naming its line; ``skip`` drops and counts it.
+        shared_prompt: Pack each pair as one row ``prompt + chosen + rejected`` (see ``hhalign.models.layout``),
+            so the prompt is computed once; off, chosen rows are stacked above rejected rows.
+        group_by_length: Train on batches of pairs of similar length (less padding); each epoch is
+            still a seeded permutation of the training pairs.
+        examples: The kind of example to build (``hhalign.data.examples.EXAMPLE_KINDS``): ``pairs`` for RM and
+            DPO, ``dialogues`` for SFT (each record's chosen dialogue, its assistant turns the targets,
+            ``max_length`` bounding the whole). The command line sets it to what the objective reads.
+        chat_template: Render the dialogues through the tokenizer's chat template (Human → user,
+            Assistant → assistant) instead of raw hh-rlhf text, for instruct models.
+    """
+
+    def __init__(
+        self,
+        path: str = "data/hh-rlhf",
+        tokenizer_name_or_path: str = "",
+        data_dir: str | None = None,
+        val_path: str | None = None,
+        train_split: str = "train",
+        val_split: str | None = None,
+        valid_fraction: float = 0.1,
+        split_seed: int = 0,
+        shuffle_seed: int = 0,
+        max_length: PositiveInt = 512,  # type: ignore[assignment]
+        max_response_length: PositiveInt | None = None,
+        batch_size: PositiveInt = 8,  # type: ignore[assignment]
+        val_batch_size: PositiveInt | None = None,
+        padding_side: PaddingSide = "right",
+        shared_prompt: bool = True,
+        group_by_length: bool = False,
+        examples: ExampleKind = "pairs",
+        chat_template: bool = False,
+        num_workers: NonNegativeInt = 0,  # type: ignore[assignment]
+        on_bad_record: OnBadRecord = "error",
+        trust_remote_code: bool = False,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        self.kind = EXAMPLE_KINDS[examples](
+            ExampleSettings(max_length, max_response_length, shared_prompt, padding_side)
+        )
+        self.train_examples: list[Any] = []
+        self.val_examples: list[Any] = []
+        self.summary: dict[str, Any] = {}
+        self.collator: Any = None
+        self.fingerprint = ""
+
+    def _records(self, source: str, split: str, counts: Counter[str]) -> list[Record]:
+        hp = self.hparams
+        if is_jsonl_source(source):
+            return read_local(source, hp.on_bad_record, counts)
+        return read_hub(source, split, hp.data_dir, hp.on_bad_record, counts)
+
+    def _read(self, counts: Counter[str]) -> tuple[list[Record], list[Record], str]:
+        """Training and validation records, and where the validation records came from."""
+        hp = self.hparams
+        train = self._records(hp.path, hp.train_split, counts)
+        if hp.val_path:
+            val_split = hp.val_split or test_split_of(hp.val_path, hp.data_dir) or "train"
+            what = "every record" if is_jsonl_source(hp.val_path) else f"{val_split} split"
+            return train, self._records(hp.val_path, val_split, counts), f"{hp.val_path} ({what})"
+        val_split = hp.val_split or test_split_of(hp.path, hp.data_dir)
+        if val_split is None:
+            held_out = f"{hp.valid_fraction:g} of {hp.path} held out (split_seed {hp.split_seed})"
+            return *split_records(train, hp.valid_fraction, hp.split_seed), held_out
+        return train, self._records(hp.path, val_split, counts), f"{hp.path} ({val_split} split)"
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.collator is not None:
+            return
+        hp = self.hparams
+        tokenizer = load_tokenizer(hp.tokenizer_name_or_path, hp.trust_remote_code)
+        counts: Counter[str] = Counter()
+        train_records, val_records, val_source = self._read(counts)
+        template = ChatTemplate(tokenizer) if hp.chat_template else None
+        tokenize = self.kind.tokenizer(tokenizer, template)
+        self.train_examples = tokenize(train_records)
+        self.val_examples = tokenize(val_records)
+        counts.update(tokenize.counts)
+        if not self.train_examples or not self.val_examples:
+            raise DataError(
+                f"no {'training' if not self.train_examples else 'validation'} {self.kind.noun} left after "
+                f"tokenization (drops: {dict(counts)}); raise data.max_length (now {hp.max_length}) or check the data"
+            )
+        self.summary = self._summarize(len(train_records) + len(val_records) + counts["bad_record"], counts)
+        self.summary["validation"] = val_source
+        self.collator = self.kind.collator(tokenizer.pad_token_id)
+        self.fingerprint = sequences_fingerprint(self.kind.identity(self.train_examples))
+        log.info("data: %s", json.dumps(self.summary))
+        self._save_summary()
+
+    def _summarize(self, read: int, counts: Counter[str]) -> dict[str, Any]:
+        return {
+            "read": read,
+            "kept": {"train": len(self.train_examples), "val": len(self.val_examples)},
+            "cut": {k.split(":", 1)[1]: v for k, v in sorted(counts.items()) if k.startswith("cut:")},
+            "dropped": {k.split(":", 1)[-1]: v for k, v in sorted(counts.items()) if not k.startswith("cut:")},
+        }
+
+    def _save_summary(self) -> None:
+        if self.trainer is None:
+            return
+        log_dir = self.trainer.log_dir  # a collective under DDP: every rank must ask, once
+        if log_dir is None or not self.trainer.is_global_zero:
+            return
+        run_dir = Path(log_dir)
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / SUMMARY_FILE).write_text(json.dumps(self.summary, indent=2) + "\n")
+
+    def train_dataloader(self) -> StatefulDataLoader:
+        # Stateful: Lightning saves the sampler's position in checkpoints, so a resume mid-epoch
+        # continues with the next unseen batch instead of restarting the epoch.
+        trainer = self.trainer
+        world, rank = (trainer.world_size, trainer.global_rank) if trainer else (1, 0)
+        return StatefulDataLoader(
+            self.train_examples,  # type: ignore[arg-type]
+            batch_size=self.hparams.batch_size,
+            sampler=self._train_sampler(world, rank),
+            collate_fn=self.collator,
+            num_workers=self.hparams.num_workers,
+        )
+
+    def _train_sampler(self, world: int, rank: int) -> ResumableShuffle:
+        hp = self.hparams
+        lengths = [self.kind.length(p) for p in self.train_examples] if hp.group_by_length else None
+        return ResumableShuffle(len(self.train_examples), world, rank, hp.shuffle_seed, lengths, hp.batch_size)
+
+    def val_dataloader(self) -> DataLoader:
+        trainer = self.trainer
+        world, rank = (trainer.world_size, trainer.global_rank) if trainer else (1, 0)
+        # small enough that every process gets at least one batch: Lightning refuses an empty loader
+        size = min(self.hparams.val_batch_size or self.hparams.batch_size, -(-len(self.val_examples) // world))
+        order = length_grouped_batches([self.kind.length(p) for p in self.val_examples], size, self.hparams.split_seed)
+        batches = [[self.val_examples[i] for i in batch] for batch in order]
+        # batch_size=None: each item is already a batch, and the collator turns it into tensors
+        return DataLoader(
+            batches,
+            batch_size=None,
+            sampler=EvalShard(len(batches), world, rank),
+            collate_fn=self.collator,  # type: ignore[arg-type]
+            num_workers=self.hparams.num_workers,
+        )
+
+    def test_dataloader(self) -> DataLoader:
+        return self.val_dataloader()

@@ -1,0 +1,95 @@
+"""The kinds of example an objective reads, each knowing how to tokenize records into its examples, how
+to collate them, what identifies them for resume and how long each is.
+
+An objective names its kind on its class (``examples = "pairs"``); the command line hands that name to the
+data module, which looks it up in ``EXAMPLE_KINDS``. A new kind of data is a class here and a row there.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from array import array
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from functools import partial
+from typing import Any, Literal
+
+from hhalign.data.batches import PaddingSide, collate_dialogues, collate_packed_pairs, collate_pairs
+from hhalign.data.dialogues import DialogueTokenizer, TokenizedDialogue
+from hhalign.data.pairs import PairTokenizer, TokenizedPair
+
+
+@dataclass(frozen=True)
+class ExampleSettings:
+    """The data module's options that shape examples and batches."""
+
+    max_length: int
+    max_response_length: int | None = None
+    shared_prompt: bool = True
+    padding_side: PaddingSide = "right"
+
+
+class PairExamples:
+    """Chosen/rejected pairs sharing their prompt tokens exactly (reward models, DPO and its family)."""
+
+    noun = "pairs"
+
+    def __init__(self, settings: ExampleSettings) -> None:
+        self.settings = settings
+
+    def tokenizer(self, tokenizer: Any, template: Any) -> Callable[[list], list[TokenizedPair]]:
+        s = self.settings
+        return PairTokenizer(tokenizer, s.max_length, s.max_response_length, template)
+
+    def collator(self, pad_token_id: int) -> Callable[[list], Any]:
+        if self.settings.shared_prompt:
+            return partial(collate_packed_pairs, pad_token_id=pad_token_id)
+        return partial(collate_pairs, pad_token_id=pad_token_id, padding_side=self.settings.padding_side)
+
+    def identity(self, examples: Sequence[TokenizedPair]) -> Iterable[tuple[list[int], ...]]:
+        return ((p.prompt, p.chosen, p.rejected) for p in examples)
+
+    def length(self, pair: TokenizedPair) -> int:
+        """Tokens in the row that sets its batch's padded width: the packed row, or the longer plain row."""
+        if self.settings.shared_prompt:
+            return len(pair.prompt) + len(pair.chosen) + len(pair.rejected)
+        return len(pair.prompt) + max(len(pair.chosen), len(pair.rejected))
+
+
+class DialogueExamples:
+    """Chosen dialogues whose assistant turns are the targets (SFT)."""
+
+    noun = "dialogues"
+
+    def __init__(self, settings: ExampleSettings) -> None:
+        self.settings = settings
+
+    def tokenizer(self, tokenizer: Any, template: Any) -> Callable[[list], list[TokenizedDialogue]]:
+        return DialogueTokenizer(tokenizer, self.settings.max_length, template)
+
+    def collator(self, pad_token_id: int) -> Callable[[list], Any]:
+        return partial(collate_dialogues, pad_token_id=pad_token_id)
+
+    def identity(self, examples: Sequence[TokenizedDialogue]) -> Iterable[tuple[list[int], ...]]:
+        return ((d.ids, d.targets) for d in examples)
+
+    def length(self, dialogue: TokenizedDialogue) -> int:
+        return len(dialogue.ids)
+
+
+EXAMPLE_KINDS: dict[str, type] = {"pairs": PairExamples, "dialogues": DialogueExamples}
+"""Example kinds by the name an objective gives on its class."""
+
+ExampleKind = Literal[tuple(EXAMPLE_KINDS)]  # type: ignore[valid-type]
+
+
+def sequences_fingerprint(rows: Iterable[Iterable[list[int]]]) -> str:
+    """Digest of tokenized examples (their ``identity``): any change of records, split, tokenizer or lengths
+    changes it, which is how a resume knows it sees the data it was trained on."""
+    digest = hashlib.sha256()
+    for row in rows:
+        for ids in row:
+            packed = array("q", ids)
+            digest.update(len(packed).to_bytes(8, "little") + packed.tobytes())
+        digest.update(b"|")
+    return digest.hexdigest()[:16]

@@ -1,0 +1,116 @@
+"""How hhalign runs a Hugging Face model over a typed batch: the backbone over every token, the LM head
+only where a log-prob is read (real vocabularies are ~150k wide, and prompt logits are pure waste)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from torch import Tensor, nn
+
+from hhalign.data.batches import PackedPairBatch, SequenceBatch
+from hhalign.losses.logps import scattered_logps
+from hhalign.models.layout import (
+    MASK_ATTENTION,
+    ScoredTokens,
+    last_tokens,
+    mask_for_attention,
+    scored_tokens,
+    shared_prompt_attention,
+    unpack,
+)
+
+LOGIT_TRANSFORMS = ("final_logit_softcapping", "logit_scale", "logits_scaling", "lm_head_multiplier")
+"""Config fields of models whose forward changes the logits after the head; those get the full forward."""
+
+
+def attention_implementation(model: nn.Module) -> str:
+    return str(getattr(model.config, "_attn_implementation", None))
+
+
+def takes_shared_prompt(model: nn.Module) -> bool:
+    """Whether the model's attention reads a dense 4D mask as given (flash and flex kernels do not)."""
+    return attention_implementation(model) in MASK_ATTENTION
+
+
+def position_ids_from_mask(attention_mask: Tensor) -> Tensor:
+    """Positions that count real tokens only, so left-padded rows start at 0 like right-padded ones."""
+    return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+
+
+@dataclass(frozen=True)
+class ModelInputs:
+    """A batch in the layout the model runs it, with the attention mask (2D, or the 4D shared-prompt mask in
+    the form the attention reads) and the positions."""
+
+    batch: SequenceBatch | PackedPairBatch
+    attention_mask: Tensor
+    position_ids: Tensor
+
+    def forward_args(self) -> dict[str, Any]:
+        return {
+            "input_ids": self.batch.input_ids,
+            "attention_mask": self.attention_mask,
+            "position_ids": self.position_ids,
+        }
+
+
+def model_inputs(model: nn.Module, batch: SequenceBatch | PackedPairBatch, shared_prompt: bool = True) -> ModelInputs:
+    """The batch as the model reads it. A packed batch keeps its layout when ``shared_prompt`` is on and
+    the attention takes a 4D mask, and is otherwise unpacked into plain rows on its device."""
+    if isinstance(batch, PackedPairBatch) and not (shared_prompt and takes_shared_prompt(model)):
+        batch = unpack(batch)
+    if isinstance(batch, SequenceBatch):
+        return ModelInputs(batch, batch.attention_mask, position_ids_from_mask(batch.attention_mask))
+    dtype = next(model.parameters()).dtype
+    mask = mask_for_attention(shared_prompt_attention(batch), attention_implementation(model), dtype)
+    return ModelInputs(batch, mask, batch.position_ids)
+
+
+def unwrapped(model: nn.Module) -> nn.Module:
+    """The transformers model inside a peft wrapper (its layers carry the adapters in place)."""
+    return model.get_base_model() if hasattr(model, "get_base_model") else model
+
+
+def backbone(model: nn.Module) -> nn.Module:
+    model = unwrapped(model)
+    return getattr(model, model.base_model_prefix)
+
+
+def _plain_head(model: nn.Module) -> bool:
+    return all(getattr(model.config, name, None) in (None, 1, 1.0) for name in LOGIT_TRANSFORMS)
+
+
+def response_token_logits(model: nn.Module, inputs: ModelInputs) -> tuple[Tensor, ScoredTokens]:
+    """Logits ``(N, V)`` at the scored response positions of ``inputs`` (from ``model_inputs``), and where they are."""
+    scored = scored_tokens(inputs.batch)
+    model = unwrapped(model)
+    head = model.get_output_embeddings()
+    if head is not None and _plain_head(model):
+        hidden = backbone(model)(**inputs.forward_args()).last_hidden_state
+        return head(hidden[scored.rows, scored.predictors]), scored
+    return model(**inputs.forward_args()).logits[scored.rows, scored.predictors], scored
+
+
+def response_logps(model: nn.Module, inputs: ModelInputs) -> tuple[Tensor, Tensor]:
+    """Summed log-probs and token counts of every response of ``inputs`` (from ``model_inputs``),
+    ``(2B,)`` each, chosen sequences first; logits exist only at the scored positions."""
+    token_logits, scored = response_token_logits(model, inputs)
+    return scattered_logps(token_logits, scored.labels, scored.sequences, scored.n_sequences)
+
+
+def last_hidden(model: nn.Module, inputs: ModelInputs) -> Tensor:
+    """The backbone's hidden state at each sequence's last token, ``(2B, H)``, chosen first."""
+    hidden = backbone(model)(**inputs.forward_args()).last_hidden_state
+    rows, cols = last_tokens(inputs.batch)
+    return hidden[rows, cols]
+
+
+def enable_gradient_checkpointing(model: nn.Module) -> None:
+    """Recompute activations in the backward pass: less memory for about a third more compute."""
+    kwargs = {"use_reentrant": False}
+    if hasattr(model, "activation_checkpointing_enable"):  # the name since transformers 5.x
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+    else:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+    model.config.use_cache = False

@@ -1,0 +1,156 @@
+"""Loading Hugging Face tokenizers and models by name or local path, with errors a user can act on."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
+
+from hhalign.data.records import missing_local_path
+from hhalign.errors import ModelLoadError
+from hhalign.models.trained import TrainedWeights, is_checkpoint_file, read_trained_weights
+
+
+def how_to_make(name_or_path: str) -> str:
+    """The command that writes a missing model folder of the kinds hhalign's own steps write."""
+    path = name_or_path.rstrip("/")
+    if "smollm2" in path and path.startswith("artifacts/"):
+        return f"build it with `make model` (hhalign get-model smollm2-135m-instruct --out {path})"
+    if path.startswith("artifacts/"):
+        return f"build it with `hhalign make-tiny --out {path}`, or `make demo-tiny`"
+    parts = Path(path).parts
+    if path.endswith("/export") and len(parts) >= 3:
+        experiment, trial = parts[-3], parts[-2]
+        return (
+            f"it is written at the end of the fit that exports it: run that stage first "
+            f"(e.g. hhalign fit --config configs/{experiment}/{trial}.yaml)"
+        )
+    return "give a Hugging Face model name or a folder written by save_pretrained (e.g. one from `hhalign make-tiny`)"
+
+
+def _check_exists(name_or_path: str, what: str) -> None:
+    if not name_or_path:
+        raise ModelLoadError(f"no {what} path given; set model.model_name_or_path")
+    if missing_local_path(name_or_path):
+        raise ModelLoadError(f"{what} path {name_or_path!r} does not exist; {how_to_make(name_or_path)}")
+
+
+def load_tokenizer(name_or_path: str, trust_remote_code: bool = False) -> Any:
+    """Load a tokenizer and give it a pad token (EOS) when it has none: masks never rely on pad ids.
+    For an hhalign ``.ckpt``, the tokenizer of the model that run started from."""
+    _check_exists(name_or_path, "tokenizer")
+    if is_checkpoint_file(name_or_path):
+        return load_tokenizer(read_trained_weights(name_or_path).base, trust_remote_code)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(name_or_path, trust_remote_code=trust_remote_code)
+    except (OSError, ValueError) as err:
+        raise ModelLoadError(f"could not load a tokenizer from {name_or_path!r}: {err}") from err
+    if tokenizer.pad_token_id is None:
+        if tokenizer.eos_token_id is None:
+            raise ModelLoadError(
+                f"tokenizer {name_or_path!r} has neither a pad nor an EOS token; add an EOS token "
+                "to it (tokenizer.add_special_tokens) and save it again"
+            )
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def _config_without_dropout(name_or_path: str, trust_remote_code: bool, **overrides: Any) -> Any:
+    """DPO compares policy and reference log-probs, so dropout in either would add noise to h."""
+    config = AutoConfig.from_pretrained(name_or_path, trust_remote_code=trust_remote_code, **overrides)
+    for key, value in list(vars(config).items()):
+        if "dropout" in key and isinstance(value, float):
+            setattr(config, key, 0.0)
+    return config
+
+
+def load_model(
+    name_or_path: str,
+    *,
+    head: str = "causal_lm",
+    disable_dropout: bool = True,
+    dtype: torch.dtype | str | None = None,
+    attn_implementation: str | None = None,
+    trust_remote_code: bool = False,
+) -> Any:
+    """Load a causal LM (``head="causal_lm"``) or a one-output scalar head (``head="reward"``).
+
+    ``name_or_path`` may also be an hhalign ``.ckpt``: the model its run started from, with the trained
+    weights loaded over it, so a DPO or RM run can start from an SFT run without an export step.
+    """
+    _check_exists(name_or_path, "model")
+    options = {
+        "disable_dropout": disable_dropout,
+        "dtype": dtype,
+        "attn_implementation": attn_implementation,
+        "trust_remote_code": trust_remote_code,
+    }
+    if is_checkpoint_file(name_or_path):
+        return model_from_trained(read_trained_weights(name_or_path), head, **options)
+    overrides: dict[str, Any] = {"num_labels": 1} if head == "reward" else {}
+    auto = AutoModelForSequenceClassification if head == "reward" else AutoModelForCausalLM
+    try:
+        if disable_dropout:
+            overrides = {"config": _config_without_dropout(name_or_path, trust_remote_code, **overrides)}
+        return auto.from_pretrained(
+            name_or_path,
+            dtype=dtype,
+            attn_implementation=attn_implementation,
+            trust_remote_code=trust_remote_code,
+            **overrides,
+        )
+    except (OSError, ValueError) as err:
+        raise ModelLoadError(f"could not load model {name_or_path!r}: {err}") from err
+
+
+def model_from_trained(trained: TrainedWeights, head: str = "causal_lm", **options: Any) -> Any:
+    """The model a checkpoint's run started from (``load_model`` options), with the trained weights over it."""
+    model = load_model(trained.base, head=head, **options)
+    if trained.hparams.get("lora_rank", 0) > 0:  # adapters: load them over the base, then merge
+        hp = trained.hparams
+        model = with_lora(model, hp["lora_rank"], hp.get("lora_alpha", 16.0), hp.get("lora_target_modules"))
+        load_trained(model, trained, head)
+        return model.merge_and_unload()
+    load_trained(model, trained, head)
+    return model
+
+
+def load_trained(model: nn.Module, trained: TrainedWeights, head: str) -> None:
+    """Copy a checkpoint's trained weights into ``model``. A reward model may start from a causal LM
+    (its backbone; the LM head is dropped and the score head starts fresh), not the other way round."""
+    if trained.head == head:
+        model.load_state_dict(trained.state_dict, strict=True)
+        return
+    if trained.head == "reward":
+        raise ModelLoadError(
+            f"{trained.path} is a reward model ({trained.module}); a policy must start from a causal LM "
+            "checkpoint (SFT or DPO) or a Hugging Face folder"
+        )
+    missing, unexpected = model.load_state_dict(trained.state_dict, strict=False)
+    head_name = next((n for n in ("score", "classifier") if hasattr(model, n)), "score")
+    stray = [k for k in missing if not k.startswith(f"{head_name}.")] + [
+        k for k in unexpected if not k.startswith("lm_head.")
+    ]
+    if stray:
+        raise ModelLoadError(f"{trained.path} does not fit {type(model).__name__}: mismatched keys {stray[:5]}")
+
+
+def with_lora(model: nn.Module, rank: int, alpha: float, target_modules: str | list[str] | None) -> nn.Module:
+    """Wrap ``model`` with fresh LoRA adapters (peft): only they train, and at initialisation the
+    model computes exactly what it did (the up-projection starts at zero)."""
+    from peft import LoraConfig, TaskType, get_peft_model
+
+    task = TaskType.SEQ_CLS if hasattr(model, "score") else TaskType.CAUSAL_LM
+    config = LoraConfig(r=rank, lora_alpha=alpha, target_modules=target_modules, lora_dropout=0.0, task_type=task)
+    return get_peft_model(model, config)
+
+
+def merged(model: nn.Module) -> nn.Module:
+    """The plain model with any LoRA adapters merged into its weights (a copy; ``model`` keeps training)."""
+    if not hasattr(model, "merge_and_unload"):
+        return model
+    return copy.deepcopy(model).merge_and_unload()

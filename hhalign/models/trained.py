@@ -1,0 +1,88 @@
+"""Reading an hhalign checkpoint as a model: its trained weights, the model its run started from, its head.
+
+What a checkpoint holds is written by the objective that trained it (``TRAINED_KEY``: the prefix of its
+trained model in the state dict and that model's head), so nothing here knows the objectives by name.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from hhalign.errors import UserError
+
+FINGERPRINT_KEY = "hhalign_fingerprints"
+REWARD_STATS_KEY = "hhalign_reward_stats"
+TRAINED_KEY = "hhalign_trained"
+"""``{"prefix": …, "head": …}``: where the trained model sits in the state dict, and its head."""
+
+
+class CheckpointError(UserError):
+    """A checkpoint cannot be used for this run."""
+
+
+@dataclass
+class TrainedWeights:
+    """The trained model of an hhalign checkpoint: its weights without the module prefix, the model it
+    started from (``base``), and its head (``causal_lm`` or ``reward``)."""
+
+    path: str
+    module: str
+    base: str
+    head: str
+    step: int
+    state_dict: dict[str, torch.Tensor]
+    hparams: dict[str, Any]
+    reward_stats: dict[str, float]
+
+
+def is_checkpoint_file(name_or_path: str) -> bool:
+    return str(name_or_path).endswith(".ckpt")
+
+
+def read_checkpoint(path: Any, map_location: Any = None, weights_only: bool | None = None, mmap: bool = False) -> dict:
+    """Load a Lightning checkpoint with ``weights_only=True`` unless asked otherwise, turning every way a
+    file can be wrong (missing, truncated, foreign) into a ``CheckpointError`` that says so."""
+    if not Path(path).is_file():
+        raise CheckpointError(
+            f"checkpoint {path} does not exist; give a .ckpt file written by hhalign, or "
+            "--ckpt_path last to resume the run directory's latest checkpoint"
+        )
+    safe = True if weights_only is None else weights_only
+    try:
+        checkpoint = torch.load(path, map_location=map_location or "cpu", weights_only=safe, mmap=mmap)
+    except Exception as err:  # torch raises pickle, zip, EOF and runtime errors for a bad file
+        hint = " If you trust its source and it holds custom objects, pass --weights_only false." if safe else ""
+        first_line = (str(err).splitlines() or [""])[0][:200]
+        raise CheckpointError(
+            f"checkpoint {path} could not be read ({type(err).__name__}: {first_line}). "
+            f"It may be truncated or not a Lightning checkpoint.{hint}"
+        ) from None
+    if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint or "global_step" not in checkpoint:
+        raise CheckpointError(f"{path} is not a Lightning checkpoint written by hhalign (no state_dict/global_step)")
+    return checkpoint
+
+
+def read_trained_weights(path: str) -> TrainedWeights:
+    """Read an hhalign ``.ckpt`` as a model to start from or to export. The weights are memory-mapped:
+    a caller that only wants ``base`` (the tokenizer's source) reads no tensor, and one that loads them
+    into a model holds no second full copy."""
+    checkpoint = read_checkpoint(path, mmap=True)
+    module = checkpoint.get(FINGERPRINT_KEY, {}).get("module")
+    trained = checkpoint.get(TRAINED_KEY)
+    base = checkpoint.get("hyper_parameters", {}).get("model_name_or_path")
+    if not trained or not base:
+        raise CheckpointError(
+            f"{path} holds no hhalign model (module {module!r}); give a checkpoint written by "
+            "`hhalign fit`, or an exported Hugging Face folder"
+        )
+    prefix = trained["prefix"]
+    state = {k[len(prefix) :]: v for k, v in checkpoint["state_dict"].items() if k.startswith(prefix)}
+    hparams = dict(checkpoint.get("hyper_parameters", {}))
+    stats = dict(checkpoint.get(REWARD_STATS_KEY, {}))
+    return TrainedWeights(
+        str(path), str(module), str(base), trained["head"], int(checkpoint["global_step"]), state, hparams, stats
+    )

@@ -1,0 +1,131 @@
+"""Using trained models: ``hhalign score`` (rewards of responses, accuracy over pairs) and
+``hhalign generate`` (a policy's reply). Both read exported folders or hhalign ``.ckpt`` files and
+format text exactly as training did: an hh-rlhf prompt with BOS, the response, then EOS."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from collections import Counter
+from typing import Any
+
+import torch
+
+from hhalign.data.batches import collate_sequences
+from hhalign.data.pairs import ASSISTANT, HUMAN, PairTokenizer, TokenizedPair
+from hhalign.data.records import read_local
+from hhalign.data.templates import ChatTemplate
+from hhalign.errors import DataError
+from hhalign.models.loading import load_model, load_tokenizer
+from hhalign.objectives.reward import RewardModule
+
+
+def as_prompt(text: str) -> str:
+    """A bare question becomes a one-turn hh-rlhf prompt ending where the assistant speaks."""
+    if HUMAN in text or ASSISTANT in text:
+        return text if text.rstrip().endswith(ASSISTANT.strip()) else text + ASSISTANT
+    return f"{HUMAN} {text}{ASSISTANT}"
+
+
+def _rows(pairs: list[TokenizedPair]) -> list[list[int]]:
+    return [p.prompt + p.chosen for p in pairs] + [p.prompt + p.rejected for p in pairs]
+
+
+@torch.no_grad()
+def rewards(module: RewardModule, sequences: list[list[int]], batch_size: int = 16) -> list[float]:
+    """Reward of each token sequence, read at its last token as in training (one padded batch at a time)."""
+    out: list[float] = []
+    for start in range(0, len(sequences), batch_size):
+        batch = collate_sequences(sequences[start : start + batch_size], None, pad_token_id=0)
+        out += module.batch_rewards(batch).tolist()
+    return out
+
+
+def pair_report(pairs: list[TokenizedPair], chosen: list[float], rejected: list[float]) -> str:
+    """Accuracy with its 95% interval, beside the length baseline and the accuracy on chosen-shorter pairs."""
+    from hhalign.tools.summary import wilson_interval
+
+    def share(hits: int, n: int) -> str:
+        return f"{hits / n:.4f} ({'{:.3f}–{:.3f}'.format(*wilson_interval(hits, n))}, n={n})" if n else "n/a"
+
+    right = [c > r for c, r in zip(chosen, rejected, strict=True)]
+    longer = sum(len(p.chosen) > len(p.rejected) for p in pairs)
+    shorter = [ok for ok, p in zip(right, pairs, strict=True) if len(p.chosen) < len(p.rejected)]
+    return (
+        f"pairs: {len(pairs)}  preference accuracy: {share(sum(right), len(pairs))}  "
+        f"longer-wins baseline: {share(longer, len(pairs))}  "
+        f"accuracy when chosen is shorter: {share(sum(shorter), len(shorter))}"
+    )
+
+
+def score(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="hhalign score", description="Rewards from a trained reward model.")
+    parser.add_argument("--model", required=True, help="exported reward-model folder or RewardModule .ckpt")
+    parser.add_argument("--prompt", help="a question or an hh-rlhf dialogue prefix")
+    parser.add_argument("--response", action="append", default=[], help="a response to score (repeatable)")
+    parser.add_argument("--pairs", help="JSONL of pairs (hh-rlhf or prompt/chosen/rejected): prints accuracy")
+    parser.add_argument("--max-length", type=int, default=2048)
+    parser.add_argument("--chat-template", action="store_true", help="render through the tokenizer's chat template")
+    args = parser.parse_args(argv)
+    if bool(args.pairs) == bool(args.prompt and args.response):
+        parser.error("give --pairs FILE, or --prompt and at least one --response")
+    tokenizer = load_tokenizer(args.model)
+    module = RewardModule(args.model)
+    module.configure_model()
+    module.eval()
+    template = ChatTemplate(tokenizer) if args.chat_template else None
+    tokenize = PairTokenizer(tokenizer, args.max_length, template=template)
+    if args.pairs:
+        pairs = tokenize(read_local(args.pairs, "error", Counter()))
+        if not pairs:
+            raise DataError(f"{args.pairs}: no usable pairs (drops: {dict(tokenize.counts)})")
+        values = rewards(module, _rows(pairs))
+        chosen, rejected = values[: len(pairs)], values[len(pairs) :]
+        for c, r in zip(chosen, rejected, strict=True):
+            print(json.dumps({"chosen_reward": round(c, 6), "rejected_reward": round(r, 6)}))
+        print(pair_report(pairs, chosen, rejected) + f"  dropped: {dict(tokenize.counts)}")
+        return
+    prompt = as_prompt(args.prompt)
+    prompt_ids = tokenize.encode_prompt(prompt)
+    values = rewards(module, [prompt_ids + tokenize.encode_response(prompt, r) for r in args.response])
+    for text, value in zip(args.response, values, strict=True):
+        print(json.dumps({"response": text, "reward": round(value, 6)}))
+
+
+@torch.no_grad()
+def generate_reply(
+    model: Any, tokenizer: Any, prompt: str, max_new_tokens: int, temperature: float, top_p: float, chat: bool = False
+) -> str:
+    template = ChatTemplate(tokenizer) if chat else None
+    ids = torch.tensor([PairTokenizer(tokenizer, 1, template=template).encode_prompt(as_prompt(prompt))])
+    sampling = (
+        {"do_sample": True, "temperature": temperature, "top_p": top_p} if temperature > 0 else {"do_sample": False}
+    )
+    out = model.generate(
+        input_ids=ids,
+        attention_mask=torch.ones_like(ids),
+        max_new_tokens=max_new_tokens,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        **sampling,
+    )
+    return tokenizer.decode(out[0, ids.shape[1] :], skip_special_tokens=True)
+
+
+def generate(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="hhalign generate", description="A reply from a trained policy.")
+    parser.add_argument("--model", required=True, help="exported policy folder or SFT/DPO .ckpt")
+    parser.add_argument("--prompt", required=True, help="a question or an hh-rlhf dialogue prefix")
+    parser.add_argument("--max-new-tokens", type=int, default=128)
+    parser.add_argument("--temperature", type=float, default=0.0, help="0 (the default) decodes greedily")
+    parser.add_argument("--top-p", type=float, default=1.0)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--chat-template", action="store_true", help="render through the tokenizer's chat template")
+    args = parser.parse_args(argv)
+    torch.manual_seed(args.seed)
+    model = load_model(args.model).eval()
+    tokenizer = load_tokenizer(args.model)
+    reply = generate_reply(
+        model, tokenizer, args.prompt, args.max_new_tokens, args.temperature, args.top_p, args.chat_template
+    )
+    print(reply)
