@@ -10,7 +10,7 @@ from tests.conftest import REPO
 
 def test_losses_import_without_lightning_or_transformers():
     code = (
-        "import sys, hhalign.losses, hhalign.losses.preference, hhalign.losses.reward; "
+        "import sys, hhalign.losses, hhalign.losses.preference, hhalign.losses.kto, hhalign.losses.reward; "
         "import hhalign.losses.logps; "
         "print(sorted(m for m in ('lightning', 'transformers', 'torchdata', 'datasets') if m in sys.modules))"
     )

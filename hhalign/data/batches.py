@@ -10,13 +10,16 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import torch
 from torch import Tensor
 
 from hhalign.data.dialogues import TokenizedDialogue
 from hhalign.data.pairs import TokenizedPair
+
+if TYPE_CHECKING:
+    from hhalign.data.examples import TokenizedCompletion
 
 PaddingSide = Literal["right", "left"]
 
@@ -98,6 +101,25 @@ class PackedPairBatch(Batch):
 AnyPairBatch = PairBatch | PackedPairBatch
 
 
+@dataclass
+class UnpairedBatch(Batch):
+    """Unpaired completions (KTO): row ``i`` of ``completions`` is example ``i``'s prompt and completion,
+    labelled by ``desirable`` ``(B,)`` bool; row ``i`` of ``mismatched`` is the same prompt followed by
+    example ``i + 1``'s completion, for the reference point's KL estimate."""
+
+    completions: SequenceBatch
+    mismatched: SequenceBatch
+    desirable: Tensor
+
+    @property
+    def real_tokens(self) -> int:
+        return self.completions.real_tokens
+
+    @property
+    def n_examples(self) -> int:
+        return self.completions.n_examples
+
+
 def collate_sequences(
     rows: Sequence[Sequence[int]],
     targets: Sequence[Sequence[int]] | None,
@@ -158,3 +180,16 @@ def collate_packed_pairs(pairs: Sequence[TokenizedPair], pad_token_id: int) -> P
 def collate_dialogues(dialogues: Sequence[TokenizedDialogue], pad_token_id: int) -> SequenceBatch:
     """Right-padded dialogues, the loss mask on their assistant turns."""
     return collate_sequences([d.ids for d in dialogues], [d.targets for d in dialogues], pad_token_id)
+
+
+def collate_unpaired(examples: Sequence[TokenizedCompletion], pad_token_id: int) -> UnpairedBatch:
+    """Each example's own row, and its prompt before the next example's completion (the last wraps to the
+    first); with a single example the two are the same row."""
+
+    def rows(shift: int) -> SequenceBatch:
+        completions = [examples[(i + shift) % len(examples)].completion for i in range(len(examples))]
+        ids = [e.prompt + c for e, c in zip(examples, completions, strict=True)]
+        targets = [[0] * len(e.prompt) + [1] * len(c) for e, c in zip(examples, completions, strict=True)]
+        return collate_sequences(ids, targets, pad_token_id)
+
+    return UnpairedBatch(rows(0), rows(1), torch.tensor([e.desirable for e in examples], dtype=torch.bool))

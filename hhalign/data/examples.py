@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from functools import partial
 from typing import Any, Literal
 
-from hhalign.data.batches import PaddingSide, collate_dialogues, collate_packed_pairs, collate_pairs
+from hhalign.data.batches import PaddingSide, collate_dialogues, collate_packed_pairs, collate_pairs, collate_unpaired
 from hhalign.data.dialogues import DialogueTokenizer, TokenizedDialogue
 from hhalign.data.pairs import PairTokenizer, TokenizedPair
 
@@ -77,7 +77,48 @@ class DialogueExamples:
         return len(dialogue.ids)
 
 
-EXAMPLE_KINDS: dict[str, type] = {"pairs": PairExamples, "dialogues": DialogueExamples}
+@dataclass(frozen=True)
+class TokenizedCompletion:
+    """One completion of a prompt and whether it is desirable (KTO's unpaired data)."""
+
+    prompt: list[int]
+    completion: list[int]
+    desirable: bool
+
+
+class UnpairedExamples:
+    """Unpaired completions labelled desirable or not (KTO): each pair gives its chosen response as a
+    desirable completion and its rejected one as an undesirable completion, tokenized as for pairs."""
+
+    noun = "completions"
+
+    def __init__(self, settings: ExampleSettings) -> None:
+        self.pairs = PairExamples(settings)
+
+    def tokenizer(self, tokenizer: Any, template: Any) -> Callable[[list], list[TokenizedCompletion]]:
+        tokenize = self.pairs.tokenizer(tokenizer, template)
+
+        def split(records: list) -> list[TokenizedCompletion]:
+            return [
+                TokenizedCompletion(p.prompt, completion, desirable)
+                for p in tokenize(records)
+                for completion, desirable in ((p.chosen, True), (p.rejected, False))
+            ]
+
+        split.counts = tokenize.counts  # type: ignore[attr-defined]
+        return split
+
+    def collator(self, pad_token_id: int) -> Callable[[list], Any]:
+        return partial(collate_unpaired, pad_token_id=pad_token_id)
+
+    def identity(self, examples: Sequence[TokenizedCompletion]) -> Iterable[tuple[list[int], ...]]:
+        return ((e.prompt, e.completion, [int(e.desirable)]) for e in examples)
+
+    def length(self, example: TokenizedCompletion) -> int:
+        return len(example.prompt) + len(example.completion)
+
+
+EXAMPLE_KINDS: dict[str, type] = {"pairs": PairExamples, "dialogues": DialogueExamples, "unpaired": UnpairedExamples}
 """Example kinds by the name an objective gives on its class."""
 
 ExampleKind = Literal[tuple(EXAMPLE_KINDS)]  # type: ignore[valid-type]
