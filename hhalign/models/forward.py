@@ -1,15 +1,18 @@
 """How hhalign runs a Hugging Face model over a typed batch: the backbone over every token, the LM head
-only where a log-prob is read (real vocabularies are ~150k wide, and prompt logits are pure waste)."""
+only where a log-prob is read (real vocabularies are ~150k wide, and prompt logits are pure waste), and
+there in chunks of tokens, recomputed in the backward pass."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Any
 
+import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from hhalign.data.batches import PackedPairBatch, SequenceBatch
-from hhalign.losses.logps import scattered_logps
+from hhalign.losses.logps import linear_token_logps, sum_by_sequence
 from hhalign.models.layout import (
     MASK_ATTENTION,
     ScoredTokens,
@@ -81,22 +84,54 @@ def _plain_head(model: nn.Module) -> bool:
     return all(getattr(model.config, name, None) in (None, 1, 1.0) for name in LOGIT_TRANSFORMS)
 
 
-def response_token_logits(model: nn.Module, inputs: ModelInputs) -> tuple[Tensor, ScoredTokens]:
-    """Logits ``(N, V)`` at the scored response positions of ``inputs`` (from ``model_inputs``), and where they are."""
+@dataclass(frozen=True)
+class ScoredStates:
+    """A forward's result at the scored positions: the hidden states there and the LM head that reads them,
+    or, for a model whose forward changes the logits after the head (or whose head is not a plain linear
+    layer), the logits themselves. Log-probs come from it in chunks (``linear_token_logps``)."""
+
+    scored: ScoredTokens
+    hidden: Tensor | None = None
+    head: nn.Linear | None = None
+    logits: Tensor | None = None
+
+    def token_logps(self) -> Tensor:
+        """The log-prob of each scored token, ``(N,)``, float32 at least."""
+        if self.logits is not None:
+            logits = self.logits.to(torch.promote_types(self.logits.dtype, torch.float32))
+            return -F.cross_entropy(logits, self.scored.labels, reduction="none")
+        assert self.hidden is not None and self.head is not None
+        return linear_token_logps(self.hidden, self.head.weight, self.head.bias, self.scored.labels)
+
+    def sequence_logps(self) -> tuple[Tensor, Tensor]:
+        """Summed log-probs and token counts of every scored sequence, ``(n_sequences,)`` each."""
+        return sum_by_sequence(self.token_logps(), self.scored.sequences, self.scored.n_sequences)
+
+    def logits_at(self, index: Tensor) -> Tensor:
+        """Logits ``(len(index), V)`` of some scored tokens, e.g. a chunk of them for a diagnostic."""
+        if self.logits is not None:
+            return self.logits[index]
+        assert self.hidden is not None and self.head is not None
+        return self.head(self.hidden[index])
+
+
+def response_states(model: nn.Module, inputs: ModelInputs) -> ScoredStates:
+    """Run ``model`` over ``inputs`` (from ``model_inputs``) and keep what its scored positions need: the
+    backbone runs over every token, the LM head over none yet."""
     scored = scored_tokens(inputs.batch)
     model = unwrapped(model)
     head = model.get_output_embeddings()
-    if head is not None and _plain_head(model):
+    if isinstance(head, nn.Linear) and _plain_head(model):
         hidden = backbone(model)(**inputs.forward_args()).last_hidden_state
-        return head(hidden[scored.rows, scored.predictors]), scored
-    return model(**inputs.forward_args()).logits[scored.rows, scored.predictors], scored
+        return ScoredStates(scored, hidden=hidden[scored.rows, scored.predictors], head=head)
+    logits = model(**inputs.forward_args()).logits[scored.rows, scored.predictors]
+    return ScoredStates(scored, logits=logits)
 
 
 def response_logps(model: nn.Module, inputs: ModelInputs) -> tuple[Tensor, Tensor]:
     """Summed log-probs and token counts of every response of ``inputs`` (from ``model_inputs``),
-    ``(2B,)`` each, chosen sequences first; logits exist only at the scored positions."""
-    token_logits, scored = response_token_logits(model, inputs)
-    return scattered_logps(token_logits, scored.labels, scored.sequences, scored.n_sequences)
+    ``(2B,)`` each for pairs, chosen sequences first."""
+    return response_states(model, inputs).sequence_logps()
 
 
 def last_hidden(model: nn.Module, inputs: ModelInputs) -> Tensor:

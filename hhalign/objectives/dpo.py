@@ -12,7 +12,6 @@ from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor
 
 from hhalign.data.batches import AnyPairBatch
-from hhalign.losses.logps import scattered_logps
 from hhalign.losses.preference import (
     LossOptions,
     LossType,
@@ -23,7 +22,7 @@ from hhalign.losses.preference import (
     needs_reference,
     preference_losses,
 )
-from hhalign.models.forward import model_inputs, response_token_logits
+from hhalign.models.forward import ScoredStates, model_inputs, response_states
 from hhalign.objectives.outputs import PairOutputs
 from hhalign.objectives.reference import PolicyModule
 
@@ -80,18 +79,17 @@ class DPOModule(PolicyModule):
     def pair_outputs(self, batch: AnyPairBatch) -> PairOutputs:
         policy = self.trainable_module()
         inputs = model_inputs(policy, batch, self.hparams.shared_prompt)
-        token_logits, scored = response_token_logits(policy, inputs)
-        logps, n_tokens = scattered_logps(token_logits, scored.labels, scored.sequences, scored.n_sequences)
+        states = response_states(policy, inputs)
+        logps, n_tokens = states.sequence_logps()
         chosen_logps, rejected_logps = logps.chunk(2)
         chosen_tokens, rejected_tokens = n_tokens.chunk(2)
         ref_chosen = ref_rejected = None
         extras = {"logps_chosen": chosen_logps, "logps_rejected": rejected_logps}
         with torch.no_grad(), self.reference() as ref:
             if ref is not None:
-                ref_logits, _ = response_token_logits(ref, inputs)
-                ref_logps, _ = scattered_logps(ref_logits, scored.labels, scored.sequences, scored.n_sequences)
-                ref_chosen, ref_rejected = ref_logps.chunk(2)
-                extras["kl_chosen"] = chosen_kl(token_logits.detach(), ref_logits, scored.sequences, len(chosen_logps))
+                ref_states = response_states(ref, inputs)
+                ref_chosen, ref_rejected = ref_states.sequence_logps()[0].chunk(2)
+                extras["kl_chosen"] = chosen_kl(states, ref_states, len(chosen_logps))
         x = PairLogps(chosen_logps, rejected_logps, ref_chosen, ref_rejected, chosen_tokens, rejected_tokens)
         losses, chosen_rewards, rejected_rewards = preference_losses(
             x, self.loss_options(x), self.hparams.loss_type, self.hparams.loss_weights
@@ -147,18 +145,20 @@ class DPOModule(PolicyModule):
         self._checked_step_zero = True  # a resumed policy is meant to differ from its reference
 
 
-def chosen_kl(policy_logits: Tensor, ref_logits: Tensor, sequences: Tensor, n_pairs: int) -> Tensor:
+def chosen_kl(policy: ScoredStates, ref: ScoredStates, n_pairs: int) -> Tensor:
     """Per-pair mean over the chosen response's tokens of the exact ``KL(π ‖ π_ref)`` of the next-token
-    distributions, ``(B,)``; the logits are those of the scored positions (chosen rows are sequences < B).
+    distributions, ``(B,)`` (chosen rows are sequences < B); call it without gradients.
 
-    It runs every step, so the float32 vocabulary-wide temporaries are made ``KL_CHUNK`` tokens at a time.
+    It runs every step, so the float32 vocabulary-wide logits of both models are made ``KL_CHUNK`` tokens at
+    a time.
     """
+    sequences = policy.scored.sequences
     positions = (sequences < n_pairs).nonzero().squeeze(1)
     per_token = torch.cat(
         [
             F.kl_div(
-                F.log_softmax(ref_logits[chunk].float(), dim=-1),
-                F.log_softmax(policy_logits[chunk].float(), dim=-1),
+                F.log_softmax(ref.logits_at(chunk).float(), dim=-1),
+                F.log_softmax(policy.logits_at(chunk).float(), dim=-1),
                 reduction="none",
                 log_target=True,
             ).sum(-1)

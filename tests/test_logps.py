@@ -1,0 +1,60 @@
+"""The chunked LM-head log-probs against the plain full-logits computation: values and every gradient."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch.testing import assert_close
+
+from hhalign.losses.logps import linear_token_logps, scattered_logps, sum_by_sequence
+
+
+def _plain(hidden, weight, bias, labels):
+    logits = torch.nn.functional.linear(hidden, weight, bias)
+    logits = logits.to(torch.promote_types(logits.dtype, torch.float32))
+    return torch.log_softmax(logits, -1).gather(-1, labels[:, None]).squeeze(-1)
+
+
+@pytest.mark.parametrize("chunk", [1, 3, 7, 64])
+@pytest.mark.parametrize("with_bias", [False, True])
+def test_chunked_logps_and_gradients_equal_the_full_computation(chunk: int, with_bias: bool):
+    """Float64, so the comparison is exact up to summation order; chunks smaller than, not dividing, and larger
+    than the 10 tokens."""
+    torch.manual_seed(0)
+    n, h, v = 10, 6, 23
+    hidden = torch.randn(n, h, dtype=torch.float64, requires_grad=True)
+    weight = torch.randn(v, h, dtype=torch.float64, requires_grad=True)
+    bias = torch.randn(v, dtype=torch.float64, requires_grad=True) if with_bias else None
+    labels = torch.randint(0, v, (n,))
+    upstream = torch.randn(n, dtype=torch.float64)
+    ours = linear_token_logps(hidden, weight, bias, labels, chunk=chunk)
+    grads = torch.autograd.grad((ours * upstream).sum(), [t for t in (hidden, weight, bias) if t is not None])
+    plain = _plain(hidden, weight, bias, labels)
+    expected = torch.autograd.grad((plain * upstream).sum(), [t for t in (hidden, weight, bias) if t is not None])
+    assert_close(ours, plain, rtol=1e-12, atol=1e-12)
+    for got, want in zip(grads, expected, strict=True):
+        assert_close(got, want, rtol=1e-10, atol=1e-12)
+
+
+def test_chunked_logps_in_float32_match_cross_entropy_of_full_logits():
+    torch.manual_seed(1)
+    hidden, weight = torch.randn(50, 16), torch.randn(300, 16)
+    labels = torch.randint(0, 300, (50,))
+    sequences = torch.arange(50) % 4
+    full = scattered_logps(hidden @ weight.T, labels, sequences, 4)
+    chunked = sum_by_sequence(linear_token_logps(hidden, weight, None, labels, chunk=8), sequences, 4)
+    assert_close(chunked[0], full[0], rtol=1e-5, atol=1e-5) and torch.equal(chunked[1], full[1])
+
+
+def test_a_frozen_head_gets_no_gradient_and_the_hidden_states_still_do():
+    """LoRA freezes the LM head: its gradient is neither computed nor returned."""
+    hidden = torch.randn(5, 4, requires_grad=True)
+    weight = torch.randn(9, 4)
+    linear_token_logps(hidden, weight, None, torch.tensor([0, 1, 2, 3, 8]), chunk=2).sum().backward()
+    assert hidden.grad is not None and weight.grad is None
+
+
+def test_uniform_logits_give_minus_log_v_per_token():
+    """A zero head: every logit equal, so each token's log-prob is exactly −log V."""
+    out = linear_token_logps(torch.randn(4, 3), torch.zeros(128, 3), None, torch.tensor([0, 5, 127, 64]), chunk=3)
+    assert_close(out, torch.full((4,), -torch.log(torch.tensor(128.0)).item()))
