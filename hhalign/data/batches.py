@@ -56,9 +56,11 @@ class SequenceBatch(Batch):
 @dataclass
 class PairBatch(SequenceBatch):
     """Plain pair rows: chosen rows ``0..B-1`` above rejected rows ``B..2B-1``, row ``i`` and ``B + i``
-    forming pair ``i``; ``margins`` ``(B,)`` when the data gives pairs a margin."""
+    forming pair ``i``; ``margins`` ``(B,)`` when the data gives pairs a margin; ``ref_logps`` ``(2B,)``, chosen
+    first, when the reference's log-probs were computed before training."""
 
     margins: Tensor | None = None
+    ref_logps: Tensor | None = None
 
     @property
     def n_examples(self) -> int:
@@ -75,7 +77,8 @@ class PackedPairBatch(Batch):
     """Shared-prompt rows, one per pair: ``prompt + chosen + rejected``, right-padded.
 
     ``input_ids``, ``attention_mask`` (1 on real tokens) and ``position_ids`` are ``(B, T)``, the rejected
-    positions restarting right after the prompt; the lengths are ``(B,)``; ``margins`` as in ``PairBatch``.
+    positions restarting right after the prompt; the lengths are ``(B,)``; ``margins`` and
+    ``ref_logps`` as in ``PairBatch``.
     """
 
     input_ids: Tensor
@@ -85,6 +88,7 @@ class PackedPairBatch(Batch):
     chosen_lengths: Tensor
     rejected_lengths: Tensor
     margins: Tensor | None = None
+    ref_logps: Tensor | None = None
 
     @property
     def real_tokens(self) -> int:
@@ -148,6 +152,13 @@ def margins_of(pairs: Sequence[TokenizedPair]) -> Tensor | None:
     return torch.tensor([p.margin or 0.0 for p in pairs], dtype=torch.float32)
 
 
+def ref_logps_of(pairs: Sequence[TokenizedPair]) -> Tensor | None:
+    """``(2B,)`` precomputed reference log-probs, chosen first, when every pair has them, else None."""
+    if any(p.ref_logps is None for p in pairs):
+        return None
+    return torch.tensor([p.ref_logps[0] for p in pairs] + [p.ref_logps[1] for p in pairs], dtype=torch.float32)  # type: ignore[index]
+
+
 def collate_pairs(pairs: Sequence[TokenizedPair], pad_token_id: int, padding_side: PaddingSide = "right") -> PairBatch:
     """Chosen rows above rejected rows, padded to the longest row; the loss mask covers each response."""
     responses = [p.chosen for p in pairs] + [p.rejected for p in pairs]
@@ -155,7 +166,7 @@ def collate_pairs(pairs: Sequence[TokenizedPair], pad_token_id: int, padding_sid
     rows = [prompt + response for prompt, response in zip(prompts, responses, strict=True)]
     targets = [[0] * len(prompt) + [1] * len(response) for prompt, response in zip(prompts, responses, strict=True)]
     plain = collate_sequences(rows, targets, pad_token_id, padding_side)
-    return PairBatch(plain.input_ids, plain.attention_mask, plain.loss_mask, margins_of(pairs))
+    return PairBatch(plain.input_ids, plain.attention_mask, plain.loss_mask, margins_of(pairs), ref_logps_of(pairs))
 
 
 def collate_packed_pairs(pairs: Sequence[TokenizedPair], pad_token_id: int) -> PackedPairBatch:
@@ -174,6 +185,7 @@ def collate_packed_pairs(pairs: Sequence[TokenizedPair], pad_token_id: int) -> P
         torch.tensor([len(p.chosen) for p in pairs]),
         torch.tensor([len(p.rejected) for p in pairs]),
         margins_of(pairs),
+        ref_logps_of(pairs),
     )
 
 

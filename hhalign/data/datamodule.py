@@ -7,6 +7,7 @@ import json
 import logging
 import random
 from collections import Counter
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -109,6 +110,12 @@ class PreferenceDataModule(L.LightningDataModule):
         self.summary: dict[str, Any] = {}
         self.collator: Any = None
         self.fingerprint = ""
+
+    def attach_reference_logps(self, train: list[tuple[float, float]], val: list[tuple[float, float]]) -> None:
+        """Give every training and validation pair its reference log-probs (computed once, before training),
+        so that batches carry them and no reference runs during training."""
+        self.train_examples = [replace(p, ref_logps=v) for p, v in zip(self.train_examples, train, strict=True)]
+        self.val_examples = [replace(p, ref_logps=v) for p, v in zip(self.val_examples, val, strict=True)]
 
     def _records(self, source: str, split: str, counts: Counter[str]) -> list[Record]:
         hp = self.hparams

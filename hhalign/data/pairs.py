@@ -30,6 +30,7 @@ class TokenizedPair:
     chosen: list[int]
     rejected: list[int]
     margin: float | None = None
+    ref_logps: tuple[float, float] | None = None  # the reference's summed log-probs of chosen, rejected
 
 
 def split_dialogues(chosen: str, rejected: str) -> tuple[str, str, str] | None:

@@ -117,4 +117,4 @@ def unpack(batch: PackedPairBatch) -> PairBatch:
     response = real & (cols >= torch.cat([chosen_start, chosen_start]))
     input_ids = batch.input_ids.repeat(2, 1).gather(1, source)
     input_ids = torch.where(real, input_ids, 0)  # pads are filler: every mask comes from the lengths
-    return PairBatch(input_ids, real.long(), response.long(), batch.margins)
+    return PairBatch(input_ids, real.long(), response.long(), batch.margins, batch.ref_logps)

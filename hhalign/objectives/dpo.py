@@ -24,6 +24,7 @@ from hhalign.losses.preference import (
 )
 from hhalign.models.forward import ScoredStates, model_inputs, response_states
 from hhalign.objectives.outputs import PairOutputs
+from hhalign.objectives.precompute import precompute_reference
 from hhalign.objectives.reference import PolicyModule
 
 __all__ = ["DPOModule"]
@@ -43,6 +44,10 @@ class DPOModule(PolicyModule):
             ``aot`` and ``simpo``.
         discopop_tau: DiscoPOP's temperature τ.
         simpo_gamma: SimPO's target reward margin γ.
+        precompute_ref_logps: Run the reference once over every training and validation pair before training
+            (``hhalign.objectives.precompute``), keep its log-probs with the data (cached in the run directory,
+            reused by a resume) and free the reference model; training then runs the policy alone. Off, the
+            reference runs online every step. The KL diagnostic needs the reference's logits, so it is online only.
 
     The reference is handled by ``PolicyModule`` (frozen, in eval mode, never checkpointed; with LoRA, the
     policy with its adapters off). Reference-free losses (``simpo``, ``orpo``, with or without ``sft``)
@@ -62,6 +67,7 @@ class DPOModule(PolicyModule):
         label_smoothing: float = 0.0,
         discopop_tau: float = 0.05,
         simpo_gamma: float = 0.5,
+        precompute_ref_logps: bool = False,
         **kwargs: Any,
     ) -> None:
         check_preference_options(beta, loss_type, loss_weights, label_smoothing)
@@ -85,8 +91,10 @@ class DPOModule(PolicyModule):
         chosen_tokens, rejected_tokens = n_tokens.chunk(2)
         ref_chosen = ref_rejected = None
         extras = {"logps_chosen": chosen_logps, "logps_rejected": rejected_logps}
+        if batch.ref_logps is not None:
+            ref_chosen, ref_rejected = batch.ref_logps.to(logps.dtype).chunk(2)
         with torch.no_grad(), self.reference() as ref:
-            if ref is not None:
+            if ref is not None and ref_chosen is None:
                 ref_states = response_states(ref, inputs)
                 ref_chosen, ref_rejected = ref_states.sequence_logps()[0].chunk(2)
                 extras["kl_chosen"] = chosen_kl(states, ref_states, len(chosen_logps))
@@ -96,6 +104,12 @@ class DPOModule(PolicyModule):
         )
         self._check_step_zero(x, losses)
         return PairOutputs(losses, chosen_rewards, rejected_rewards, extras)
+
+    def on_fit_start(self) -> None:
+        super().on_fit_start()
+        if self.hparams.precompute_ref_logps and self.needs_reference():
+            precompute_reference(self, self.trainer.datamodule)
+            self.ref = None  # the fingerprint stays; the weights go
 
     def loss_options(self, x: PairLogps) -> LossOptions:
         hp = self.hparams

@@ -84,9 +84,9 @@ class PolicyModule(AlignmentModule):
 
     def fingerprints(self) -> dict[str, str]:
         prints = super().fingerprints()
-        if self.ref is not None:
-            if self._ref_fingerprint is None:
-                self._ref_fingerprint = weights_fingerprint(self.ref)
+        if self.ref is not None and self._ref_fingerprint is None:
+            self._ref_fingerprint = weights_fingerprint(self.ref)
+        if self._ref_fingerprint is not None:  # kept after a precomputed reference is freed
             prints["reference"] = self._ref_fingerprint
         return prints
 
