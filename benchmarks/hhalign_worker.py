@@ -57,7 +57,9 @@ def main() -> None:
         parser.add_argument(name, type=int, required=True)
     args = parser.parse_args()
     packed = args.settings.startswith("shared_prompt")
-    lora = {"lora_rank": 8, "lora_alpha": 16.0} if args.settings.endswith("+lora") else {}
+    switches: dict[str, Any] = {"lora_rank": 8, "lora_alpha": 16.0} if args.settings.endswith("+lora") else {}
+    if "+checkpointing" in args.settings:
+        switches["gradient_checkpointing"] = True
     data = PreferenceDataModule(
         path=args.data,
         tokenizer_name_or_path=args.model,
@@ -70,10 +72,16 @@ def main() -> None:
     optimizer = partial(torch.optim.AdamW, lr=1e-5)
     if args.task == "dpo":
         module: Any = DPOModule(
-            args.model, beta=0.1, optimizer=optimizer, lr_schedule="constant", shared_prompt=packed, **lora
+            args.model,
+            beta=0.1,
+            optimizer=optimizer,
+            lr_schedule="constant",
+            shared_prompt=packed,
+            precompute_ref_logps="+precompute" in args.settings,  # its pass runs before the timed steps
+            **switches,
         )
     else:
-        module = RewardModule(args.model, optimizer=optimizer, lr_schedule="constant", shared_prompt=packed)
+        module = RewardModule(args.model, optimizer=optimizer, lr_schedule="constant", shared_prompt=packed, **switches)
     result = WorkerResult("hhalign", args.task, args.model, args.settings, args.batch_size, args.steps, args.warmup)
     clock = StepClock(args.warmup)
     trainer = L.Trainer(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import gzip
 import json
 import os
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +13,8 @@ import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# tokenized-example caches of this session only: none read from an earlier run, none left in ~/.cache
+os.environ.setdefault("HHALIGN_CACHE", tempfile.mkdtemp(prefix="hhalign-test-cache-"))
 
 REPO = Path(__file__).resolve().parent.parent
 SHIPPED = REPO / "data" / "hh-rlhf"

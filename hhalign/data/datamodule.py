@@ -3,10 +3,13 @@ then batched by the collator of that kind of example."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+import os
 import random
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -16,6 +19,7 @@ from jsonargparse.typing import NonNegativeInt, PositiveInt
 from torch.utils.data import DataLoader
 from torchdata.stateful_dataloader import StatefulDataLoader
 
+from hhalign.data import cache
 from hhalign.data.batches import PaddingSide
 from hhalign.data.examples import EXAMPLE_KINDS, ExampleKind, ExampleSettings, sequences_fingerprint
 from hhalign.data.records import OnBadRecord, Record, is_jsonl_source, read_hub, read_local, test_split_of
@@ -27,6 +31,27 @@ from hhalign.models.loading import load_tokenizer
 log = logging.getLogger(__name__)
 
 SUMMARY_FILE = "data_summary.json"
+CACHE_SETTINGS = (
+    "path", "data_dir", "val_path", "train_split", "val_split", "valid_fraction", "split_seed", "max_length",
+    "max_response_length", "examples", "chat_template", "on_bad_record",
+)  # fmt: skip
+"""What the tokenized examples depend on besides the files and the tokenizer: the cache key."""
+
+
+@contextlib.contextmanager
+def tokenizer_threads(enabled: bool) -> Iterator[None]:
+    """Let the Rust tokenizers use every core for one batch call (the Makefile and tests turn them off so
+    that forked data-loader workers do not deadlock; with no workers there is nothing to fork)."""
+    saved = os.environ.get("TOKENIZERS_PARALLELISM")
+    if enabled:
+        os.environ["TOKENIZERS_PARALLELISM"] = "true"
+    try:
+        yield
+    finally:
+        if saved is None:
+            os.environ.pop("TOKENIZERS_PARALLELISM", None)
+        else:
+            os.environ["TOKENIZERS_PARALLELISM"] = saved
 
 
 def split_records(records: list[Record], valid_fraction: float, seed: int) -> tuple[list[Record], list[Record]]:
@@ -65,6 +90,9 @@ class PreferenceDataModule(L.LightningDataModule):
         max_length: Bound on prompt + the longer response, in tokens.
         max_response_length: Bound on each response (default: ``max_length``).
         on_bad_record: ``error`` stops at the first unusable record naming its line; ``skip`` drops and counts it.
+        cache_tokenized: Keep the tokenized examples of local JSONL sources on disk (``hhalign.data.cache``,
+            under ``$HHALIGN_CACHE`` or ``~/.cache/hhalign/tokenized``), keyed by the files, the settings and the
+            tokenizer, so later runs and resumes skip reading and tokenizing.
         shared_prompt: Pack each pair as one row ``prompt + chosen + rejected`` (see ``hhalign.models.layout``),
             so the prompt is computed once; off, chosen rows are stacked above rejected rows.
         group_by_length: Train on batches of pairs of similar length (less padding); each epoch is
@@ -99,6 +127,7 @@ class PreferenceDataModule(L.LightningDataModule):
         num_workers: NonNegativeInt = 0,  # type: ignore[assignment]
         on_bad_record: OnBadRecord = "error",
         trust_remote_code: bool = False,
+        cache_tokenized: bool = True,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -142,12 +171,29 @@ class PreferenceDataModule(L.LightningDataModule):
             return
         hp = self.hparams
         tokenizer = load_tokenizer(hp.tokenizer_name_or_path, hp.trust_remote_code)
+        key = cache.cache_key({k: hp[k] for k in CACHE_SETTINGS}, tokenizer) if hp.cache_tokenized else None
+        hit = cache.load(key, self.kind.example_type) if key else None
+        if hit is not None:
+            self.train_examples, self.val_examples, self.summary = hit
+            log.info("data: tokenized examples from the cache (%s)", key)
+        else:
+            self._tokenize(tokenizer)
+            if key:
+                cache.save(key, self.train_examples, self.val_examples, self.summary)
+        self.collator = self.kind.collator(tokenizer.pad_token_id)
+        self.fingerprint = sequences_fingerprint(self.kind.identity(self.train_examples))
+        log.info("data: %s", json.dumps(self.summary))
+        self._save_summary()
+
+    def _tokenize(self, tokenizer: Any) -> None:
+        hp = self.hparams
         counts: Counter[str] = Counter()
         train_records, val_records, val_source = self._read(counts)
         template = ChatTemplate(tokenizer) if hp.chat_template else None
         tokenize = self.kind.tokenizer(tokenizer, template)
-        self.train_examples = tokenize(train_records)
-        self.val_examples = tokenize(val_records)
+        with tokenizer_threads(hp.num_workers == 0):
+            self.train_examples = tokenize(train_records)
+            self.val_examples = tokenize(val_records)
         counts.update(tokenize.counts)
         if not self.train_examples or not self.val_examples:
             raise DataError(
@@ -156,10 +202,6 @@ class PreferenceDataModule(L.LightningDataModule):
             )
         self.summary = self._summarize(len(train_records) + len(val_records) + counts["bad_record"], counts)
         self.summary["validation"] = val_source
-        self.collator = self.kind.collator(tokenizer.pad_token_id)
-        self.fingerprint = sequences_fingerprint(self.kind.identity(self.train_examples))
-        log.info("data: %s", json.dumps(self.summary))
-        self._save_summary()
 
     def _summarize(self, read: int, counts: Counter[str]) -> dict[str, Any]:
         return {

@@ -33,6 +33,7 @@ class PairExamples:
     """Chosen/rejected pairs sharing their prompt tokens exactly (reward models, DPO and its family)."""
 
     noun = "pairs"
+    example_type = TokenizedPair
 
     def __init__(self, settings: ExampleSettings) -> None:
         self.settings = settings
@@ -60,6 +61,7 @@ class DialogueExamples:
     """Chosen dialogues whose assistant turns are the targets (SFT)."""
 
     noun = "dialogues"
+    example_type = TokenizedDialogue
 
     def __init__(self, settings: ExampleSettings) -> None:
         self.settings = settings
@@ -91,6 +93,7 @@ class UnpairedExamples:
     desirable completion and its rejected one as an undesirable completion, tokenized as for pairs."""
 
     noun = "completions"
+    example_type = TokenizedCompletion
 
     def __init__(self, settings: ExampleSettings) -> None:
         self.pairs = PairExamples(settings)
