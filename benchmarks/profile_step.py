@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import tempfile
 from collections import defaultdict
 from functools import partial
 
@@ -61,7 +62,8 @@ def main() -> None:
     recorder = ProfileSecondStep()
     trainer = L.Trainer(accelerator="cpu", precision="32-true", max_steps=2, logger=False, enable_checkpointing=False,
                         enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0,
-                        num_sanity_val_steps=0, callbacks=[recorder])  # fmt: skip
+                        num_sanity_val_steps=0, callbacks=[recorder],
+                        default_root_dir=tempfile.mkdtemp(prefix="hhalign-profile-"))  # fmt: skip
     trainer.fit(module, data)
     assert recorder.prof is not None
     totals: dict[str, float] = defaultdict(float)
