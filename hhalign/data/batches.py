@@ -25,7 +25,20 @@ PaddingSide = Literal["right", "left"]
 
 
 class Batch:
-    """Device moves for the dataclass batches: every tensor field (or nested batch) goes along."""
+    """Device moves for the dataclass batches: every tensor field (or nested batch) goes along; and, for
+    batches whose rows are their examples, the counts throughput reads."""
+
+    input_ids: Tensor
+    attention_mask: Tensor
+
+    @property
+    def real_tokens(self) -> int:
+        """Non-pad tokens: what the models really compute."""
+        return int(self.attention_mask.sum())
+
+    @property
+    def n_examples(self) -> int:
+        return self.input_ids.shape[0]
 
     def to(self, *args: Any, **kwargs: Any) -> Any:
         moved = {}
@@ -43,14 +56,6 @@ class SequenceBatch(Batch):
     input_ids: Tensor
     attention_mask: Tensor
     loss_mask: Tensor
-
-    @property
-    def real_tokens(self) -> int:
-        return int(self.attention_mask.sum())
-
-    @property
-    def n_examples(self) -> int:
-        return self.input_ids.shape[0]
 
 
 @dataclass
@@ -89,14 +94,6 @@ class PackedPairBatch(Batch):
     rejected_lengths: Tensor
     margins: Tensor | None = None
     ref_logps: Tensor | None = None
-
-    @property
-    def real_tokens(self) -> int:
-        return int(self.attention_mask.sum())
-
-    @property
-    def n_examples(self) -> int:
-        return self.input_ids.shape[0]
 
     def response_lengths(self) -> tuple[Tensor, Tensor]:
         return self.chosen_lengths, self.rejected_lengths
