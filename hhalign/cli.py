@@ -43,6 +43,7 @@ TOOLS = {
     "summary": "hhalign.tools.summary:main",
     "score": "hhalign.tools.use:score",
     "generate": "hhalign.tools.use:generate",
+    "evaluate": "hhalign.tools.evaluate:main",
 }
 """Subcommands that are not a Trainer method, mapped to ``module:function(argv)``."""
 

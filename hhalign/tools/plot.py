@@ -1,5 +1,6 @@
 """Training curves of a run from its ``metrics.csv``: ``hhalign plot RUN_DIR``, or automatically at
-the end of ``fit`` with the ``PlotAtFitEnd`` callback. One panel per metric; the training series is
+the end of ``fit`` with the ``PlotAtFitEnd`` callback (``hhalign plot --frontier`` draws evaluations
+instead: ``hhalign.tools.frontier``). One panel per metric; the training series is
 drawn raw (faint) and smoothed, validation as points joined by a line."""
 
 from __future__ import annotations
@@ -130,7 +131,16 @@ class PlotAtFitEnd(Callback):
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="hhalign plot", description=__doc__)
-    parser.add_argument("run_dir", help="a run directory holding metrics.csv")
-    parser.add_argument("--out", help=f"image to write (default RUN_DIR/{PLOT_FILE})")
+    parser.add_argument("paths", nargs="+", metavar="RUN_DIR", help="a run directory holding metrics.csv")
+    parser.add_argument("--frontier", action="store_true", help="reward against KL of evaluations (several paths)")
+    parser.add_argument("--out", help=f"image to write (default RUN_DIR/{PLOT_FILE}, or frontier.png)")
     args = parser.parse_args(argv)
-    print(plot_run(args.run_dir, args.out))
+    if args.frontier:
+        from hhalign.tools.frontier import plot_frontier
+
+        picture, table = plot_frontier(args.paths, args.out or "frontier.png")
+        print(f"{picture}\n{table.read_text()}", end="")
+        return
+    if len(args.paths) != 1:
+        parser.error("give one run directory (or --frontier with several evaluations)")
+    print(plot_run(args.paths[0], args.out))

@@ -97,6 +97,8 @@ class RunSummary(Callback):
         for callback in trainer.callbacks:
             if isinstance(callback, ExportAtFitEnd):
                 summary["export"] = str(callback.dirpath or run_dir / "export")
+            if evaluation := getattr(callback, "evaluation_summary", None):  # EvaluateAtFitEnd, when it ran
+                summary["evaluation"] = evaluation
         if trainer.state.fn == "fit" and (run_dir / "curves.png").exists():
             summary["curves"] = str(run_dir / "curves.png")
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -115,6 +117,8 @@ def format_summary(summary: dict[str, Any]) -> str:
         lines.append(line)
     if best := summary.get("best"):
         lines.append(f"  best {best['metric']} = {best['value']:.4f}: {best['checkpoint']}")
+    for key, value in summary.get("evaluation", {}).items():
+        lines.append(f"  {key:<32} {value:.4f}" if isinstance(value, float) else f"  {key:<32} {value}")
     for key in ("validated_checkpoint", "last_checkpoint", "curves", "export", "metrics"):
         if key in summary:
             lines.append(f"  {key.replace('_', ' '):<16} {summary[key]}")

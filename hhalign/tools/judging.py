@@ -1,0 +1,209 @@
+"""Judging a policy by what it writes, as the DPO paper does (``hhalign evaluate`` runs it): for held-out
+prompts, completions sampled from the policy and from its reference, both (and the dataset's chosen
+reply) scored by a reward model, and KL(π‖π_ref) estimated from the policy's own samples; every number
+with its uncertainty, every sample kept for reading by eye."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import random
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from hhalign.data.pairs import TokenizedPair
+from hhalign.errors import UserError
+from hhalign.models.trained import is_checkpoint_file, read_trained_weights
+from hhalign.tools import estimates
+from hhalign.tools.sampling import Completion, Sampling, completion_logps, sample_completions
+
+RESULTS_FILE = "evaluation.json"
+SAMPLES_FILE = "samples.jsonl"
+
+
+class Judge:
+    """A reward model scoring token sequences (an hhalign reward-model export or RM ``.ckpt``), or any
+    callable from sequences to scores (the tests judge by length)."""
+
+    def __init__(self, scorer: Any, name: str = "judge", batch_size: int = 16) -> None:
+        self.scorer, self.name, self.batch_size = scorer, name, batch_size
+
+    @classmethod
+    def load(cls, path: str, device: torch.device | str = "cpu", batch_size: int = 16) -> Judge:
+        from hhalign.objectives.reward import RewardModule
+
+        check_reward_model(path)
+        module = RewardModule(path)
+        module.configure_model()
+        return cls(module.eval().to(device), path, batch_size)
+
+    def __call__(self, sequences: Sequence[Sequence[int]]) -> list[float]:
+        if callable(self.scorer) and not isinstance(self.scorer, nn.Module):
+            return [float(s) for s in self.scorer(sequences)]
+        from hhalign.tools.use import rewards
+
+        return rewards(self.scorer, [list(s) for s in sequences], self.batch_size)
+
+
+def check_reward_model(path: str) -> None:
+    """A judge must have been trained as one: a causal LM would load with a random score head."""
+    if is_checkpoint_file(path):
+        head = read_trained_weights(path).head
+    else:
+        config_file = Path(path) / "config.json"
+        if not config_file.is_file():
+            raise UserError(f"--judge {path!r}: no config.json there; give a reward model's export folder or .ckpt")
+        architectures = json.loads(config_file.read_text()).get("architectures") or []
+        head = "reward" if any(a.endswith("ForSequenceClassification") for a in architectures) else "causal_lm"
+    if head != "reward":
+        raise UserError(
+            f"--judge {path!r} is not a reward model (its head is {head}); give the export of an "
+            "`hhalign fit --config configs/…/rm.yaml` run, e.g. outputs/smollm2/rm/export"
+        )
+
+
+@dataclass
+class Evaluation:
+    """Everything an evaluation found: ``results`` (the numbers) and ``rows`` (one per sample)."""
+
+    results: dict[str, Any]
+    rows: list[dict[str, Any]]
+
+    def write(self, out: str | Path) -> Path:
+        """``out/evaluation.json`` and ``out/samples.jsonl``, each written whole or not at all."""
+        out = Path(out)
+        out.mkdir(parents=True, exist_ok=True)
+        for name, text in (
+            (SAMPLES_FILE, "".join(json.dumps(row) + "\n" for row in self.rows)),
+            (RESULTS_FILE, json.dumps(self.results, indent=2) + "\n"),
+        ):
+            partial = out / f".{name}.partial"
+            partial.write_text(text)
+            os.replace(partial, out / name)
+        return out / RESULTS_FILE
+
+
+def choose_prompts(pairs: Sequence[TokenizedPair], n: int, seed: int) -> list[TokenizedPair]:
+    """``n`` pairs drawn without replacement by a seeded draw (all of them when there are fewer)."""
+    picked = random.Random(seed).sample(range(len(pairs)), min(n, len(pairs)))
+    return [pairs[i] for i in picked]
+
+
+def evaluate(
+    policy: Any,
+    reference: Any,
+    judge: Judge,
+    pairs: Sequence[TokenizedPair],
+    sampling: Sampling,
+    stop_id: int,
+    pad_id: int,
+    samples: int = 1,
+    seed: int = 0,
+    batch_size: int = 16,
+    decode: Any = None,
+    progress: bool = True,
+) -> Evaluation:
+    """Sample ``samples`` completions of each pair's prompt from ``policy`` and from ``reference``, judge
+    them against each other and against the pair's chosen reply, and estimate KL(π‖π_ref)."""
+    started = time.perf_counter()
+    prompts = [p.prompt for p in pairs for _ in range(samples)]
+    chosen = [p.chosen for p in pairs for _ in range(samples)]
+
+    def draw(model: Any, model_seed: int, name: str) -> list[Completion]:
+        label = f"sampling {name}" if progress else None
+        return sample_completions(model, prompts, sampling, stop_id, pad_id, model_seed, batch_size, label)
+
+    drawn = {"policy": draw(policy, seed, "policy"), "reference": draw(reference, seed + 1, "reference")}
+    sampled_at = time.perf_counter()
+    tokens = {side: [c.tokens for c in completions] for side, completions in drawn.items()}
+    logps = {
+        (side, model_name): completion_logps(model, prompts, tokens[side], batch_size)
+        for side in drawn
+        for model_name, model in (("policy", policy), ("reference", reference))
+    }
+    log_ratio = {
+        side: [a - b for a, b in zip(logps[side, "policy"], logps[side, "reference"], strict=True)] for side in drawn
+    }
+    scores = {side: judge([p + t for p, t in zip(prompts, tokens[side], strict=True)]) for side in drawn}
+    chosen_scores = judge([p.prompt + p.chosen for p in pairs])
+    scores["chosen"] = [s for s in chosen_scores for _ in range(samples)]
+    lengths = {side: [len(t) for t in tokens[side]] for side in drawn}
+    lengths["chosen"] = [len(c) for c in chosen]
+    K = samples
+    results: dict[str, Any] = {
+        "prompts": len(pairs),
+        "samples_per_prompt": K,
+        "sampling": dataclasses.asdict(sampling),
+        "kl_from_model_samples": sampling.samples_the_model,
+        "policy_vs_reference": estimates.compare(scores["policy"], scores["reference"], K).as_dict(),
+        "policy_vs_chosen": estimates.compare(scores["policy"], scores["chosen"], K).as_dict(),
+        "reference_vs_chosen": estimates.compare(scores["reference"], scores["chosen"], K).as_dict(),
+        "reward": {side: estimates.mean_over_prompts(scores[side], K).as_dict() for side in scores},
+        "kl": estimates.kl_estimate(log_ratio["policy"], lengths["policy"], K).as_dict(),
+        "reverse_kl": estimates.kl_estimate([-r for r in log_ratio["reference"]], lengths["reference"], K).as_dict(),
+        "length": {
+            side: estimates.mean_over_prompts([float(n) for n in lengths[side]], K).as_dict() for side in lengths
+        },
+        "finished": {side: sum(c.finished for c in drawn[side]) / len(prompts) for side in drawn},
+        "longer_wins": estimates.longer_wins(lengths["policy"], lengths["reference"], K).as_dict(),
+        "judge_prefers_longer": estimates.judge_prefers_longer(
+            scores["policy"], scores["reference"], lengths["policy"], lengths["reference"]
+        ),
+        "seconds": {"sampling": sampled_at - started, "total": time.perf_counter() - started},
+    }
+    decode = decode or (lambda ids, prompt=False: ids)
+    rows = []
+    for i in range(len(prompts)):
+        row: dict[str, Any] = {"prompt_index": i // K, "sample": i % K, "prompt": decode(prompts[i], True)}
+        for side in ("policy", "reference", "chosen"):
+            row[side] = decode(tokens[side][i] if side in tokens else chosen[i])
+            row[f"{side}_reward"] = scores[side][i]
+            row[f"{side}_tokens"] = lengths[side][i]
+        for side in drawn:
+            row[f"{side}_finished"] = drawn[side][i].finished
+            row[f"{side}_log_ratio"] = log_ratio[side][i]
+        a, b = scores["policy"][i], scores["reference"][i]
+        row["winner"] = "policy" if a > b else "reference" if b > a else "tie"
+        rows.append(row)
+    return Evaluation(results, rows)
+
+
+def format_results(results: dict[str, Any]) -> str:
+    """The evaluation on one screen."""
+
+    def share(name: str, what: str) -> str:
+        r = results[name]
+        low, high = r["interval95"]
+        return (
+            f"  {what:<34} {r['win_rate']:.3f}  (95% {low:.3f}–{high:.3f}; {r['wins']} won, {r['losses']} lost, "
+            f"{r['ties']} tied)"
+        )
+
+    def mean(entry: dict[str, Any], digits: int = 3) -> str:
+        low, high = entry["interval95"]
+        return f"{entry['mean']:.{digits}f} (95% {low:.{digits}f}–{high:.{digits}f})"
+
+    kl = results["kl"]
+    lines = [
+        f"== hhalign evaluate: {results['prompts']} prompts × {results['samples_per_prompt']} samples, "
+        f"{results['sampling']['max_new_tokens']} new tokens at most ==",
+        share("policy_vs_reference", "win rate, policy over reference"),
+        share("policy_vs_chosen", "win rate, policy over dataset chosen"),
+        share("reference_vs_chosen", "win rate, reference over chosen"),
+        share("longer_wins", "'longer wins' baseline (policy)"),
+        f"  {'judge prefers the longer reply':<34} {results['judge_prefers_longer']:.3f}",
+        "  mean reward: " + ", ".join(f"{side} {mean(e)}" for side, e in results["reward"].items()),
+        f"  KL(policy‖reference) per sequence {kl['sequence']['mean']:.3f} ± {kl['sequence']['se']:.3f} (SE), "
+        f"per token {kl['per_token']:.4f}" + ("" if results["kl_from_model_samples"] else "  [not from model samples]"),
+        "  tokens: " + ", ".join(f"{side} {mean(e, 1)}" for side, e in results["length"].items())
+        + "; finished: " + ", ".join(f"{side} {v:.2f}" for side, v in results["finished"].items()),
+        f"  {results['seconds']['total']:.0f} s ({results['seconds']['sampling']:.0f} s sampling)",
+    ]  # fmt: skip
+    return "\n".join(lines)

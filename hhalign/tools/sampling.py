@@ -1,0 +1,147 @@
+"""Sampling completions from a causal LM and scoring them: the two halves of judging a policy by what it
+writes. Prompts and completions are token ids in training's format (BOS or chat template in the prompt,
+EOS ending a finished completion), so the log-probs here are those the DPO loss reads."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+from transformers import GenerationConfig
+
+from hhalign.data.batches import collate_sequences
+from hhalign.models.forward import model_inputs, response_logps
+
+
+@dataclass(frozen=True)
+class Sampling:
+    """How completions are drawn. At ``temperature`` 1 and ``top_p`` 1 (the defaults) they are samples of
+    the model's own distribution, which an estimate of KL(π‖π_ref) from them needs; ``temperature`` 0
+    decodes greedily. No top-k: Hugging Face's default of 50 would change the distribution."""
+
+    max_new_tokens: int = 64
+    temperature: float = 1.0
+    top_p: float = 1.0
+
+    def __post_init__(self) -> None:
+        if self.max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens must be at least 1 (got {self.max_new_tokens})")
+        if self.temperature < 0 or not 0 < self.top_p <= 1:
+            raise ValueError(f"need temperature >= 0 and 0 < top_p <= 1 (got {self.temperature}, {self.top_p})")
+
+    @property
+    def samples_the_model(self) -> bool:
+        return self.temperature == 1.0 and self.top_p == 1.0
+
+    def config(self, stop_id: int, pad_id: int) -> GenerationConfig:
+        drawn = {"do_sample": True, "temperature": self.temperature, "top_p": self.top_p, "top_k": 0}
+        return GenerationConfig(
+            max_new_tokens=self.max_new_tokens,
+            min_new_tokens=0,
+            num_beams=1,
+            repetition_penalty=1.0,
+            eos_token_id=stop_id,
+            pad_token_id=pad_id,
+            **(drawn if self.temperature > 0 else {"do_sample": False}),
+        )
+
+
+@dataclass(frozen=True)
+class Completion:
+    """A completion's tokens up to and including its first stop token (EOS), and whether it stopped
+    there or ran out of new tokens."""
+
+    tokens: list[int]
+    finished: bool
+
+
+def first_completion(generated: Sequence[int], stop_id: int) -> Completion:
+    """The completion inside a generated row: everything after the first stop token is padding (which
+    is the stop token itself when the tokenizer pads with EOS) and is not part of it."""
+    row = list(generated)
+    if stop_id in row:
+        return Completion(row[: row.index(stop_id) + 1], True)
+    return Completion(row, False)
+
+
+@contextlib.contextmanager
+def plain_generation(model: nn.Module) -> Iterator[None]:
+    """Generate with hhalign's settings alone: a checkpoint's ``generation_config.json`` (a temperature,
+    a top-k, suppressed tokens) would otherwise fill whatever a call leaves unset."""
+    saved = model.generation_config
+    model.generation_config = GenerationConfig()
+    try:
+        yield
+    finally:
+        model.generation_config = saved
+
+
+def _length_sorted(prompts: Sequence[Sequence[int]], batch_size: int) -> list[list[int]]:
+    order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
+    return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+
+
+@torch.no_grad()
+def sample_completions(
+    model: Any,
+    prompts: Sequence[Sequence[int]],
+    sampling: Sampling,
+    stop_id: int,
+    pad_id: int,
+    seed: int = 0,
+    batch_size: int = 16,
+    description: str | None = None,
+) -> list[Completion]:
+    """One completion of each prompt, in the prompts' order. Prompts of similar length are batched
+    together, left-padded (the mask, not the pad id, tells the model where they start); the draws are
+    seeded, so the same call gives the same completions on the same machine."""
+    device = next(model.parameters()).device
+    config = sampling.config(stop_id, pad_id)
+    generator_state = torch.random.get_rng_state()
+    torch.manual_seed(seed)
+    out: list[Completion | None] = [None] * len(prompts)
+    was_training = model.training
+    model.eval()
+    try:
+        with plain_generation(model):
+            for rows in tqdm(_length_sorted(prompts, batch_size), desc=description, disable=description is None):
+                batch = collate_sequences([prompts[i] for i in rows], None, pad_id, padding_side="left").to(device)
+                generated = model.generate(
+                    input_ids=batch.input_ids, attention_mask=batch.attention_mask, generation_config=config
+                )
+                for i, row in zip(rows, generated[:, batch.input_ids.shape[1] :].tolist(), strict=True):
+                    out[i] = first_completion(row, stop_id)
+    finally:
+        model.train(was_training)
+        torch.random.set_rng_state(generator_state)
+    return [c for c in out if c is not None]
+
+
+@torch.no_grad()
+def completion_logps(
+    model: Any, prompts: Sequence[Sequence[int]], completions: Sequence[Sequence[int]], batch_size: int = 16
+) -> list[float]:
+    """log p(completion | prompt) summed over the completion's tokens (stop token included), one float
+    per pair of ``prompts`` and ``completions``; an empty completion has log-prob 0."""
+    device = next(model.parameters()).device
+    out = [0.0] * len(prompts)
+    scored = [i for i in range(len(prompts)) if completions[i]]
+    was_training = model.training
+    model.eval()
+    try:
+        for rows in _length_sorted([list(prompts[i]) + list(completions[i]) for i in scored], batch_size):
+            picked = [scored[j] for j in rows]
+            ids = [list(prompts[i]) + list(completions[i]) for i in picked]
+            targets = [[0] * len(prompts[i]) + [1] * len(completions[i]) for i in picked]
+            batch = collate_sequences(ids, targets, 0, padding_side="right").to(device)  # pad id: filler only
+            sums, _ = response_logps(model, model_inputs(model, batch))
+            for i, value in zip(picked, sums.tolist(), strict=True):
+                out[i] = value
+    finally:
+        model.train(was_training)
+    return out
