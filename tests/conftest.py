@@ -46,6 +46,20 @@ def tiny_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def tiny_judge(tmp_path_factory: pytest.TempPathFactory, tiny_dir: Path) -> Path:
+    """The tiny model with a fresh (random) score head, exported as a reward model: a judge for the
+    machinery of ``hhalign evaluate``, not for its verdicts."""
+    from hhalign.models.loading import load_tokenizer
+    from hhalign.objectives.reward import RewardModule
+    from hhalign.tools.export import export_model
+
+    module = RewardModule(str(tiny_dir))
+    module.configure_model()
+    out = tmp_path_factory.mktemp("judge") / "export"
+    return export_model(module.model, load_tokenizer(str(tiny_dir)), out, {"head": "reward", "base": str(tiny_dir)})
+
+
+@pytest.fixture(scope="session")
 def tokenizer(tiny_dir: Path):
     from hhalign.models.loading import load_tokenizer
 

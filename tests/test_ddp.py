@@ -4,6 +4,7 @@ reduced across processes, equal a single process's on the same weights."""
 from __future__ import annotations
 
 import csv
+import json
 import os
 import subprocess
 import sys
@@ -31,7 +32,7 @@ def _last_val(run_dir: Path) -> dict[str, float]:
 
 
 @pytest.mark.slow
-def test_ddp_two_processes_match_a_single_process(tmp_path: Path, tiny_dir: Path, small_jsonl: Path):
+def test_ddp_two_processes_match_a_single_process(tmp_path: Path, tiny_dir: Path, small_jsonl: Path, tiny_judge: Path):
     fit = _cli(
         tmp_path,
         tiny_dir,
@@ -47,9 +48,14 @@ def test_ddp_two_processes_match_a_single_process(tmp_path: Path, tiny_dir: Path
         "2",
         "--trainer.val_check_interval",
         "2",
+        "--trainer.callbacks+=hhalign.tools.evaluate.EvaluateAtFitEnd",  # one process evaluates, the other waits
+        f"--trainer.callbacks.judge={tiny_judge}",
+        "--trainer.callbacks.prompts=4",
+        "--trainer.callbacks.max_new_tokens=4",
     )
     assert fit.returncode == 0, fit.stderr[-3000:]
     run_dir = tmp_path / "tiny" / "ddp"
+    assert json.loads((run_dir / "eval" / "evaluation.json").read_text())["prompts"] == 4
     assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == [
         "best-step=2.ckpt",
         "last.ckpt",
@@ -58,6 +64,8 @@ def test_ddp_two_processes_match_a_single_process(tmp_path: Path, tiny_dir: Path
     with open(run_dir / "metrics.csv") as handle:  # rank 0 alone writes the log: each step once
         steps = [int(r["step"]) for r in csv.DictReader(handle) if r.get("train/loss")]
     assert steps == [0, 1]
+    with open(run_dir / "metrics.csv") as handle:
+        assert sum(1 for r in csv.DictReader(handle) if r.get("eval/kl")) == 1
 
     single = _cli(
         tmp_path,

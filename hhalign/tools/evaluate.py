@@ -233,16 +233,27 @@ class EvaluateAtFitEnd(Callback):
     @torch.no_grad()
     def on_fit_end(self, trainer: L.Trainer, pl_module: Any) -> None:
         if isinstance(trainer.strategy, (FSDPStrategy, DeepSpeedStrategy)):
-            pl_module.print("evaluation skipped: the weights are sharded; run `hhalign evaluate` on the export")
+            pl_module.print(
+                "evaluation skipped: the weights are sharded; consolidate the checkpoint, `hhalign export` it, "
+                "then run `hhalign evaluate --policy EXPORT`"
+            )
             return
-        if not trainer.is_global_zero:
-            return
+        if trainer.is_global_zero:  # each process holds the whole policy: one of them evaluates
+            self._evaluate(trainer, pl_module)
+        trainer.strategy.barrier("EvaluateAtFitEnd")
+
+    def _evaluate(self, trainer: L.Trainer, pl_module: Any) -> None:
         hp = pl_module.hparams
         tokenizer = load_tokenizer(hp.model_name_or_path, hp.trust_remote_code)
         pairs = choose_prompts(trainer.datamodule.val_examples, self.prompts, self.seed)  # type: ignore[attr-defined]
         judge = Judge.load(self.judge, pl_module.device, self.batch_size)
-        with pl_module.reference() as loaded, trainer.precision_plugin.forward_context():
-            reference = loaded or load_model(hp.ref_model_name_or_path or hp.model_name_or_path).to(pl_module.device)
+        # the loaded reference, or the starting weights again: with LoRA the reference is the policy with its
+        # adapters off, and after precompute_ref_logps it is gone
+        reference = getattr(pl_module, "ref", None)
+        if reference is None:
+            path = hp.ref_model_name_or_path or hp.model_name_or_path
+            reference = load_model(path, dtype=next(pl_module.parameters()).dtype).to(pl_module.device)
+        with trainer.precision_plugin.forward_context():
             evaluation = evaluate(
                 pl_module.trainable_module(), reference, judge, pairs, self.sampling, tokenizer.eos_token_id,
                 tokenizer.pad_token_id, self.samples, self.seed, self.batch_size,
