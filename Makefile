@@ -7,7 +7,7 @@ SMOLLM2 := artifacts/smollm2-135m-instruct
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: help install model demo demo-tiny test bench lint format clean
+.PHONY: help install model demo frontier demo-tiny test bench lint format clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "} {printf "  %-10s %s\n", $$1, $$2}'
@@ -31,10 +31,24 @@ $(SMOLLM2)/model.safetensors: $(BIN)/hhalign
 
 model: $(SMOLLM2)/model.safetensors  ## build SmolLM2-135M-Instruct as a Hugging Face folder in artifacts/
 
-demo: $(SMOLLM2)/model.safetensors  ## DPO and a reward model on SmolLM2-135M-Instruct and the shipped helpful-base pairs
+demo: $(SMOLLM2)/model.safetensors  ## DPO and a reward model on SmolLM2-135M-Instruct and the shipped pairs; DPO judged by the RM
 	$(BIN)/hhalign fit --config configs/smollm2/dpo.yaml --overwrite true
 	$(BIN)/hhalign fit --config configs/smollm2/rm.yaml --overwrite true
 	$(BIN)/hhalign summary outputs/smollm2/dpo outputs/smollm2/rm
+	$(BIN)/hhalign evaluate outputs/smollm2/dpo --judge outputs/smollm2/rm/export
+
+BETAS := 0.05 0.5
+# after `make demo` (its DPO at beta 0.1 and its reward model): DPO at two more betas, each judged the same way
+frontier: $(SMOLLM2)/model.safetensors  ## the reward-KL frontier: DPO at beta 0.05, 0.1, 0.5 judged by the demo's RM
+	@test -f outputs/smollm2/rm/export/config.json && test -f outputs/smollm2/dpo/eval/evaluation.json \
+		|| { echo "run 'make demo' first: the frontier reuses its DPO run and its reward model"; exit 1; }
+	for beta in $(BETAS); do \
+		$(BIN)/hhalign fit --config configs/smollm2/dpo.yaml --trial_name dpo-beta$$beta --model.beta $$beta \
+			--overwrite true && \
+		$(BIN)/hhalign evaluate outputs/smollm2/dpo-beta$$beta --judge outputs/smollm2/rm/export || exit 1; \
+	done
+	$(BIN)/hhalign plot --frontier outputs/smollm2/dpo-beta0.05 outputs/smollm2/dpo outputs/smollm2/dpo-beta0.5 \
+		--out outputs/smollm2/frontier.png
 
 demo-tiny: $(TINY)/config.json  ## the whole pipeline with the offline tiny model: SFT, then DPO and RM from it
 	$(BIN)/hhalign validate --config configs/tiny/sft.yaml --trial_name sft-base

@@ -57,6 +57,9 @@ def test_first_completion_cuts_at_the_first_eos_which_is_also_the_pad():
     assert first_completion([1, 2, EOS, EOS, EOS], EOS) == Completion([1, 2, EOS], True)
     assert first_completion([EOS, 3, EOS], EOS) == Completion([EOS], True)
     assert first_completion([1, 2, 3], EOS) == Completion([1, 2, 3], False)
+    # a judge reads every reply at its end-of-reply token, as a reward model is trained to
+    assert first_completion([1, 2, 3], EOS).ended(EOS) == [1, 2, 3, EOS]
+    assert first_completion([1, EOS, EOS], EOS).ended(EOS) == [1, EOS]
 
 
 def test_sampled_kl_equals_the_exact_kl_by_enumeration_within_its_standard_error():
@@ -166,6 +169,9 @@ def test_a_length_judge_always_prefers_a_model_over_one_that_stops_at_once(tiny_
     assert duel["win_rate"] == 1.0 and duel["interval95"][0] > 0.85
     assert result["length"]["reference"]["mean"] == 1.0
     assert result["judge_prefers_longer"] == 1.0
+    for row, pair in zip(evaluation.rows, pairs, strict=True):  # judged with an EOS added where cut short
+        assert row["policy_reward"] == len(pair.prompt) + row["policy_tokens"] + (not row["policy_finished"])
+    assert not all(row["policy_finished"] for row in evaluation.rows)
 
 
 def test_generated_pad_eos_rows_are_scored_up_to_their_first_eos_only(tiny_dir: Path, tokenizer):

@@ -111,7 +111,10 @@ def evaluate(
     progress: bool = True,
 ) -> Evaluation:
     """Sample ``samples`` completions of each pair's prompt from ``policy`` and from ``reference``, judge
-    them against each other and against the pair's chosen reply, and estimate KL(π‖π_ref)."""
+    them against each other and against the pair's chosen reply, and estimate KL(π‖π_ref).
+
+    Log-probs are of the completions as sampled (up to their first EOS); the judge reads each reply, the
+    chosen ones too, with its EOS (``Completion.ended``)."""
     started = time.perf_counter()
     prompts = [p.prompt for p in pairs for _ in range(samples)]
     chosen = [p.chosen for p in pairs for _ in range(samples)]
@@ -131,8 +134,8 @@ def evaluate(
     log_ratio = {
         side: [a - b for a, b in zip(logps[side, "policy"], logps[side, "reference"], strict=True)] for side in drawn
     }
-    scores = {side: judge([p + t for p, t in zip(prompts, tokens[side], strict=True)]) for side in drawn}
-    chosen_scores = judge([p.prompt + p.chosen for p in pairs])
+    scores = {side: judge([p + c.ended(stop_id) for p, c in zip(prompts, drawn[side], strict=True)]) for side in drawn}
+    chosen_scores = judge([p.prompt + Completion(p.chosen, p.chosen[-1:] == [stop_id]).ended(stop_id) for p in pairs])
     scores["chosen"] = [s for s in chosen_scores for _ in range(samples)]
     lengths = {side: [len(t) for t in tokens[side]] for side in drawn}
     lengths["chosen"] = [len(c) for c in chosen]

@@ -59,6 +59,12 @@ class Completion:
     tokens: list[int]
     finished: bool
 
+    def ended(self, stop_id: int) -> list[int]:
+        """The tokens as a judge reads them: a reply cut by ``max_new_tokens`` gets its stop token, so that
+        every reply is scored at the end-of-reply token, where a reward model reads in training (at a
+        mid-sentence token the same model's scores are on another scale)."""
+        return self.tokens if self.finished else [*self.tokens, stop_id]
+
 
 def first_completion(generated: Sequence[int], stop_id: int) -> Completion:
     """The completion inside a generated row: everything after the first stop token is padding (which
