@@ -67,6 +67,14 @@ def markdown_table(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def judge_name(judges: set[Any]) -> str:
+    """``experiment/run`` of a judge exported by a run (``…/experiment/run/export``), else its path."""
+    if len(judges) != 1:
+        return "several judges"
+    path = Path(str(next(iter(judges))))
+    return "/".join(path.parts[-3:-1]) if path.name == "export" and len(path.parts) >= 3 else str(path)
+
+
 def plot_frontier(paths: list[str], out: str | Path = "frontier.png") -> tuple[Path, Path]:
     """Draw the frontier of the evaluations at ``paths`` into ``out`` (PNG), with ``out``'s ``.md`` and
     ``.csv`` tables; returns the picture's and the Markdown table's paths."""
@@ -89,15 +97,13 @@ def plot_frontier(paths: list[str], out: str | Path = "frontier.png") -> tuple[P
         [r["kl"] for r in rows], [r["reward"] for r in rows],
         xerr=[1.96 * r["kl_se"] for r in rows],
         yerr=[[r["reward"] - r["reward_low"] for r in rows], [r["reward_high"] - r["reward"] for r in rows]],
-        fmt="o-", color="tab:blue", capsize=3, label="policy",
+        fmt="o", color="tab:blue", capsize=3, label="policy",
     )  # fmt: skip
     for r in rows:
         ax.annotate(r["label"], (r["kl"], r["reward"]), textcoords="offset points", xytext=(6, 6), fontsize=8)
-    ax.axvline(0.0, color="gray", linewidth=0.5)
     ax.set_xlabel("KL(policy ‖ reference) per completion, nats (estimated from policy samples)")
     ax.set_ylabel("mean judge reward of policy samples")
-    judge = next(iter(judges)) if len(judges) == 1 else "several judges"
-    ax.set_title(f"Reward–KL frontier ({rows[0]['prompts']} prompts; judge: {Path(str(judge)).parent.name or judge})")
+    ax.set_title(f"Reward–KL frontier ({rows[0]['prompts']} prompts; judge: {judge_name(judges)})")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     figure.tight_layout()

@@ -44,12 +44,12 @@ class Judge:
         module.configure_model()
         return cls(module.eval().to(device), path, batch_size)
 
-    def __call__(self, sequences: Sequence[Sequence[int]]) -> list[float]:
+    def __call__(self, sequences: Sequence[Sequence[int]], description: str | None = None) -> list[float]:
         if callable(self.scorer) and not isinstance(self.scorer, nn.Module):
             return [float(s) for s in self.scorer(sequences)]
         from hhalign.tools.use import rewards
 
-        return rewards(self.scorer, [list(s) for s in sequences], self.batch_size)
+        return rewards(self.scorer, [list(s) for s in sequences], self.batch_size, description)
 
 
 def check_reward_model(path: str) -> None:
@@ -127,15 +127,30 @@ def evaluate(
     sampled_at = time.perf_counter()
     tokens = {side: [c.tokens for c in completions] for side, completions in drawn.items()}
     logps = {
-        (side, model_name): completion_logps(model, prompts, tokens[side], batch_size)
+        (side, model_name): completion_logps(
+            model,
+            prompts,
+            tokens[side],
+            batch_size,
+            f"log-probs of {side} samples under {model_name}" if progress else None,
+        )
         for side in drawn
         for model_name, model in (("policy", policy), ("reference", reference))
     }
     log_ratio = {
         side: [a - b for a, b in zip(logps[side, "policy"], logps[side, "reference"], strict=True)] for side in drawn
     }
-    scores = {side: judge([p + c.ended(stop_id) for p, c in zip(prompts, drawn[side], strict=True)]) for side in drawn}
-    chosen_scores = judge([p.prompt + Completion(p.chosen, p.chosen[-1:] == [stop_id]).ended(stop_id) for p in pairs])
+    scores = {
+        side: judge(
+            [p + c.ended(stop_id) for p, c in zip(prompts, drawn[side], strict=True)],
+            f"judging {side} samples" if progress else None,
+        )
+        for side in drawn
+    }
+    chosen_scores = judge(
+        [p.prompt + Completion(p.chosen, p.chosen[-1:] == [stop_id]).ended(stop_id) for p in pairs],
+        "judging the chosen replies" if progress else None,
+    )
     scores["chosen"] = [s for s in chosen_scores for _ in range(samples)]
     lengths = {side: [len(t) for t in tokens[side]] for side in drawn}
     lengths["chosen"] = [len(c) for c in chosen]

@@ -130,7 +130,11 @@ def sample_completions(
 
 @torch.no_grad()
 def completion_logps(
-    model: Any, prompts: Sequence[Sequence[int]], completions: Sequence[Sequence[int]], batch_size: int = 16
+    model: Any,
+    prompts: Sequence[Sequence[int]],
+    completions: Sequence[Sequence[int]],
+    batch_size: int = 16,
+    description: str | None = None,
 ) -> list[float]:
     """log p(completion | prompt) summed over the completion's tokens (stop token included), one float
     per pair of ``prompts`` and ``completions``; an empty completion has log-prob 0."""
@@ -140,7 +144,8 @@ def completion_logps(
     was_training = model.training
     model.eval()
     try:
-        for rows in _length_sorted([list(prompts[i]) + list(completions[i]) for i in scored], batch_size):
+        batches = _length_sorted([list(prompts[i]) + list(completions[i]) for i in scored], batch_size)
+        for rows in tqdm(batches, desc=description, disable=description is None):
             picked = [scored[j] for j in rows]
             ids = [list(prompts[i]) + list(completions[i]) for i in picked]
             targets = [[0] * len(prompts[i]) + [1] * len(completions[i]) for i in picked]

@@ -32,10 +32,15 @@ def _rows(pairs: list[TokenizedPair]) -> list[list[int]]:
 
 
 @torch.no_grad()
-def rewards(module: RewardModule, sequences: list[list[int]], batch_size: int = 16) -> list[float]:
-    """Reward of each token sequence, read at its last token as in training (one padded batch at a time)."""
+def rewards(
+    module: RewardModule, sequences: list[list[int]], batch_size: int = 16, description: str | None = None
+) -> list[float]:
+    """Reward of each token sequence, read at its last token as in training (one padded batch at a time);
+    a progress bar when given its ``description``."""
+    from tqdm.auto import tqdm
+
     out: list[float] = []
-    for start in range(0, len(sequences), batch_size):
+    for start in tqdm(range(0, len(sequences), batch_size), desc=description, disable=description is None):
         batch = collate_sequences(sequences[start : start + batch_size], None, pad_token_id=0)
         out += module.batch_rewards(batch).tolist()
     return out
