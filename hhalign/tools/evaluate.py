@@ -134,9 +134,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--label", help="this point's name in `hhalign plot --frontier` (default: the run, β)")
     parser.add_argument("--device", default="auto", help="auto (cuda when present), cpu, cuda, cuda:1, …")
     parser.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"])
-    parser.add_argument("--max-length", type=int, default=512, help="with --data: prompt + reply tokens")
-    parser.add_argument("--max-response-length", type=int, help="with --data: reply tokens")
-    parser.add_argument("--chat-template", action="store_true", help="with --data: the tokenizer's chat template")
+    parser.add_argument("--max-length", type=int, help="with --data: prompt + reply tokens (the run's, or 512)")
+    parser.add_argument("--max-response-length", type=int, help="with --data: reply tokens (the run's)")
+    parser.add_argument(
+        "--chat-template", action="store_true", help="with --data: the tokenizer's chat template (on if the run's)"
+    )
     args = parser.parse_args(argv)
     if not args.run and not (args.policy and args.reference and args.data and args.out):
         parser.error("give a run directory, or --policy, --reference, --data and --out")
@@ -154,8 +156,13 @@ def main(argv: list[str] | None = None) -> None:
     check_reward_model(args.judge)
     tokenizer = load_tokenizer(policy_path)
     check_same_vocabulary(tokenizer, {"--reference": reference_path, "--judge": args.judge})
-    if args.data:
-        pairs = pairs_from_file(args.data, tokenizer, args.max_length, args.max_response_length, args.chat_template)
+    if args.data:  # formatted as the run's training was, unless told otherwise
+        data = (run or {}).get("data", {})
+        max_length = args.max_length or data.get("max_length") or 512
+        chat = args.chat_template or bool(data.get("chat_template"))
+        pairs = pairs_from_file(
+            args.data, tokenizer, max_length, args.max_response_length or data.get("max_response_length"), chat
+        )
     else:
         pairs = held_out_pairs(run["data"], run["base"])  # type: ignore[index]
     device = pick_device(args.device)
