@@ -98,7 +98,12 @@ def test_sampled_kl_equals_the_exact_kl_by_enumeration_within_its_standard_error
 def test_batched_log_probs_of_sampled_completions_equal_the_unpadded_oracle():
     policy = toy_model(3)
     prompts = [[0, 1], [0, 2, 3, 1, 2, 3], [0]]
+    torch.manual_seed(5)
+    expected_next_draw = torch.rand(3)
+    torch.manual_seed(5)
     drawn = sample_completions(policy, prompts, Sampling(max_new_tokens=6), EOS, EOS, seed=1, batch_size=3)
+    assert torch.equal(torch.rand(3), expected_next_draw)  # the caller's random state is left as it was
+    assert sample_completions(policy, prompts, Sampling(max_new_tokens=6), EOS, EOS, seed=1, batch_size=3) == drawn
     values = completion_logps(policy, prompts, [c.tokens for c in drawn], batch_size=3)
     expected = [exact_logp(policy, p, c.tokens) for p, c in zip(prompts, drawn, strict=True)]
     torch.testing.assert_close(torch.tensor(values).double(), torch.tensor(expected).double(), rtol=1e-5, atol=1e-5)

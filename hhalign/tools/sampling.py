@@ -108,13 +108,13 @@ def sample_completions(
     seeded, so the same call gives the same completions on the same machine."""
     device = next(model.parameters()).device
     config = sampling.config(stop_id, pad_id)
-    generator_state = torch.random.get_rng_state()
-    torch.manual_seed(seed)
     out: list[Completion | None] = [None] * len(prompts)
     was_training = model.training
     model.eval()
-    try:
-        with plain_generation(model):
+    # the caller's random state is put back afterwards: an evaluation at the end of fit draws its own
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []), plain_generation(model):
+        torch.manual_seed(seed)
+        try:
             for rows in tqdm(_length_sorted(prompts, batch_size), desc=description, disable=description is None):
                 batch = collate_sequences([prompts[i] for i in rows], None, pad_id, padding_side="left").to(device)
                 generated = model.generate(
@@ -122,9 +122,8 @@ def sample_completions(
                 )
                 for i, row in zip(rows, generated[:, batch.input_ids.shape[1] :].tolist(), strict=True):
                     out[i] = first_completion(row, stop_id)
-    finally:
-        model.train(was_training)
-        torch.random.set_rng_state(generator_state)
+        finally:
+            model.train(was_training)
     return [c for c in out if c is not None]
 
 
