@@ -150,7 +150,7 @@ def main(argv: list[str] | None = None) -> None:
         parser.error(str(err))
     run = read_run(args.run) if args.run else None
     policy_path = args.policy or str(Path(args.run) / "export")
-    reference_path = args.reference or (run or {}).get("reference")
+    reference_path: str = args.reference or (run or {})["reference"]
     if not Path(policy_path).exists() and policy_path == str(Path(args.run or "") / "export"):
         raise UserError(f"{policy_path} does not exist: the run has not finished, or give --policy PATH.ckpt")
     check_reward_model(args.judge)

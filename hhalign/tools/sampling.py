@@ -10,7 +10,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-from torch import nn
 from tqdm.auto import tqdm
 from transformers import GenerationConfig
 
@@ -76,7 +75,7 @@ def first_completion(generated: Sequence[int], stop_id: int) -> Completion:
 
 
 @contextlib.contextmanager
-def plain_generation(model: nn.Module) -> Iterator[None]:
+def plain_generation(model: Any) -> Iterator[None]:
     """Generate with hhalign's settings alone: a checkpoint's ``generation_config.json`` (a temperature,
     a top-k, suppressed tokens) would otherwise fill whatever a call leaves unset."""
     saved = model.generation_config
