@@ -48,6 +48,17 @@ TOOLS = {
 """Subcommands that are not a Trainer method, mapped to ``module:function(argv)``."""
 
 
+RANK_VARIABLES = ("RANK", "LOCAL_RANK", "NODE_RANK", "SLURM_PROCID", "JSM_NAMESPACE_RANK")
+"""Where launchers put a process's rank: torchrun, Lightning's own launcher, SLURM's srun (which sets only
+``SLURM_PROCID``), LSF's jsrun."""
+
+
+def launched_worker() -> bool:
+    """True in every process of a multi-process run but rank 0's, from the launcher's variables (read before the
+    trainer exists): those processes must not delete, write or report what rank 0 does."""
+    return any(os.environ.get(name, "0") not in ("0", "") for name in RANK_VARIABLES)
+
+
 class SaveConfigEverywhere(SaveConfigCallback):
     """``config.yaml`` in the run directory (Lightning's part) and the same resolved config in the wandb
     run's config under ``hhalign_config``, so a wandb run alone says how to reproduce it."""
@@ -96,8 +107,8 @@ class HHAlignCLI(LightningCLI):
 
     def before_instantiate_classes(self) -> None:
         """Refuse to write over an earlier run unless asked to resume it or replace it."""
-        if os.environ.get("LOCAL_RANK", "0") != "0" or os.environ.get("NODE_RANK", "0") != "0":
-            return  # a DDP worker started by the launcher, which has decided already
+        if launched_worker():
+            return  # a process started beside rank 0, which decides for all of them
         run_dir = self.run_dir()
         earlier = any((run_dir / name).exists() for name in ("metrics.csv", "checkpoints"))
         if self.subcommand != "fit" or not earlier or self._get(self.config, "ckpt_path") is not None:
@@ -118,8 +129,9 @@ class HHAlignCLI(LightningCLI):
         if get("wandb_mode") != "disabled":
             id_file = self.run_dir() / WANDB_ID_FILE
             run_id = id_file.read_text().strip() if id_file.exists() else f"{get('trial_name')}-{uuid.uuid4().hex[:8]}"
-            id_file.parent.mkdir(parents=True, exist_ok=True)
-            id_file.write_text(run_id + "\n")
+            if not launched_worker():  # wandb logs from rank 0 alone; its id is the one kept
+                id_file.parent.mkdir(parents=True, exist_ok=True)
+                id_file.write_text(run_id + "\n")
             loggers.append(
                 WandbLogger(
                     project=get("experiment_name"),
@@ -223,8 +235,8 @@ def main(args: list[str] | None = None) -> None:
         sys.exit(stop.exit_code)
     except SIGTERMException:
         sys.exit(128 + signal.SIGTERM)
-    except UserError as err:
-        sys.exit(f"hhalign: error: {err}")
+    except UserError as err:  # every process meets it; rank 0 says it once
+        sys.exit(1 if launched_worker() else f"hhalign: error: {err}")
     except ArgumentError as err:  # jsonargparse's, for a bad option or config value: one line, no usage dump
         print(f"hhalign: error: {explain_parse_error(str(err))}", file=sys.stderr)
         sys.exit(2)

@@ -58,3 +58,25 @@ def test_uniform_logits_give_minus_log_v_per_token():
     """A zero head: every logit equal, so each token's log-prob is exactly −log V."""
     out = linear_token_logps(torch.randn(4, 3), torch.zeros(128, 3), None, torch.tensor([0, 5, 127, 64]), chunk=3)
     assert_close(out, torch.full((4,), -torch.log(torch.tensor(128.0)).item()))
+
+
+def test_under_bf16_autocast_the_chunked_gradient_is_the_autograd_gradient_of_the_same_forward():
+    """Under ``bf16-mixed`` the forward's logits come from a bf16 matmul; a backward recomputing them outside that
+    autocast normalizes fp32 logits with a bf16 log-sum-exp, and its softmax no longer sums to one. With logits of
+    a real LM's scale (σ≈10) that put the hidden-state gradient 3–7% off; re-entering the forward's autocast makes
+    the two computations the same arithmetic."""
+    torch.manual_seed(2)
+    n, h, v = 64, 32, 512
+    hidden = (torch.randn(n, h) * 2).requires_grad_()
+    weight = (torch.randn(v, h) * 0.9).requires_grad_()
+    labels = torch.randint(0, v, (n,))
+    upstream = torch.randn(n)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        ours = linear_token_logps(hidden, weight, None, labels, chunk=16)
+        plain = _plain(hidden, weight, None, labels)
+    assert ours.dtype == torch.float32 and plain.dtype == torch.float32
+    grads = torch.autograd.grad((ours * upstream).sum(), [hidden, weight])
+    expected = torch.autograd.grad((plain * upstream).sum(), [hidden, weight])
+    assert_close(ours, plain, rtol=1e-3, atol=1e-3)
+    for got, want in zip(grads, expected, strict=True):
+        assert (got - want).norm() / want.norm() < 1e-2

@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import math
 import os
 import random
 from collections import Counter
@@ -64,11 +65,25 @@ def split_records(records: list[Record], valid_fraction: float, seed: int) -> tu
     return [records[i] for i in sorted(order[n_val:])], [records[i] for i in sorted(order[:n_val])]
 
 
-def length_grouped_batches(lengths: list[int], batch_size: int, seed: int) -> list[list[int]]:
+def length_grouped_batches(lengths: list[int], batch_size: int, seed: int, processes: int = 1) -> list[list[int]]:
     """Batches of similar length, in a seeded order: evaluation pads little, and its first
-    batches are a spread of lengths rather than the shortest examples."""
+    batches are a spread of lengths rather than the shortest examples.
+
+    With several processes the number of batches is a multiple of ``processes`` (sizes then differ by at most
+    one): each process runs as many batches as the others, so a collective inside an evaluation step (every
+    FSDP forward all-gathers its weights) never waits for a process that has finished; no example repeats.
+    """
     order = sorted(range(len(lengths)), key=lambda i: lengths[i])
-    batches = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+    if processes == 1:
+        batches = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+    else:
+        n = len(order)
+        rounds = math.ceil(math.ceil(n / batch_size) / processes)
+        count = rounds * processes
+        if count > n:  # more batches than examples: one fewer round, each batch a little larger
+            count = n // processes * processes
+        bounds = [n * k // count for k in range(count + 1)]
+        batches = [order[bounds[k] : bounds[k + 1]] for k in range(count)]
     random.Random(seed).shuffle(batches)
     return batches
 
@@ -242,9 +257,14 @@ class PreferenceDataModule(L.LightningDataModule):
     def val_dataloader(self) -> DataLoader:
         trainer = self.trainer
         world, rank = (trainer.world_size, trainer.global_rank) if trainer else (1, 0)
-        # small enough that every process gets at least one batch: Lightning refuses an empty loader
-        size = min(self.hparams.val_batch_size or self.hparams.batch_size, -(-len(self.val_examples) // world))
-        order = length_grouped_batches([self.kind.length(p) for p in self.val_examples], size, self.hparams.split_seed)
+        if len(self.val_examples) < world:
+            raise DataError(
+                f"{len(self.val_examples)} validation {self.kind.noun} for {world} processes: each process needs at "
+                "least one; hold out more (data.valid_fraction) or validate on a larger data.val_path"
+            )
+        size = self.hparams.val_batch_size or self.hparams.batch_size
+        lengths = [self.kind.length(p) for p in self.val_examples]
+        order = length_grouped_batches(lengths, size, self.hparams.split_seed, world)
         batches = [[self.val_examples[i] for i in batch] for batch in order]
         # batch_size=None: each item is already a batch, and the collator turns it into tensors
         return DataLoader(

@@ -68,10 +68,20 @@ class _LinearTokenLogps(torch.autograd.Function):
         out = torch.cat(logps) if logps else hidden.new_zeros(0, dtype=torch.float32)
         ctx.save_for_backward(hidden, weight, bias, labels, torch.cat(lse) if lse else out)
         ctx.chunk = chunk
+        # autocast is off in backward: re-enter the forward's, or the recomputed logits (fp32 there, bf16 here)
+        # would not be the ones the saved log-sum-exp normalizes, and the gradient would be 3-7% off
+        device = hidden.device.type
+        ctx.autocast = (device, torch.is_autocast_enabled(device), torch.get_autocast_dtype(device))
         return out
 
     @staticmethod
     def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, ...]:
+        device, enabled, dtype = ctx.autocast
+        with torch.autocast(device, dtype=dtype, enabled=enabled):
+            return _LinearTokenLogps._backward(ctx, grad)
+
+    @staticmethod
+    def _backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, ...]:
         hidden, weight, bias, labels, lse = ctx.saved_tensors
         need_hidden, need_weight, need_bias = ctx.needs_input_grad[:3]
         grad_hidden = torch.zeros_like(hidden) if need_hidden else None

@@ -51,10 +51,12 @@ class ModelInputs:
     position_ids: Tensor
 
     def forward_args(self) -> dict[str, Any]:
+        """Keyword arguments of the model's forward; no KV cache, which a scoring pass never reads."""
         return {
             "input_ids": self.batch.input_ids,
             "attention_mask": self.attention_mask,
             "position_ids": self.position_ids,
+            "use_cache": False,
         }
 
 

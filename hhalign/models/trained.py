@@ -16,6 +16,8 @@ from hhalign.errors import UserError
 
 FINGERPRINT_KEY = "hhalign_fingerprints"
 REWARD_STATS_KEY = "hhalign_reward_stats"
+SHARDED_METADATA = "meta.pt"
+"""The file beside the shards of an FSDP checkpoint folder that holds everything but the weights (Lightning's)."""
 TRAINED_KEY = "hhalign_trained"
 """``{"prefix": …, "head": …}``: where the trained model sits in the state dict, and its head."""
 
@@ -45,7 +47,10 @@ def is_checkpoint_file(name_or_path: str) -> bool:
 
 def read_checkpoint(path: Any, map_location: Any = None, weights_only: bool | None = None, mmap: bool = False) -> dict:
     """Load a Lightning checkpoint with ``weights_only=True`` unless asked otherwise, turning every way a
-    file can be wrong (missing, truncated, foreign) into a ``CheckpointError`` that says so."""
+    file can be wrong (missing, truncated, foreign) into a ``CheckpointError`` that says so. A folder written by
+    FSDP's sharded checkpointing is read whole, on this one process, without its optimizer state."""
+    if is_sharded_checkpoint(path):
+        return read_sharded_checkpoint(Path(path))
     if not Path(path).is_file():
         raise CheckpointError(
             f"checkpoint {path} does not exist; give a .ckpt file written by hhalign, or "
@@ -64,6 +69,35 @@ def read_checkpoint(path: Any, map_location: Any = None, weights_only: bool | No
     if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint or "global_step" not in checkpoint:
         raise CheckpointError(f"{path} is not a Lightning checkpoint written by hhalign (no state_dict/global_step)")
     return checkpoint
+
+
+def is_sharded_checkpoint(path: Any) -> bool:
+    return Path(path).is_dir() and (Path(path) / SHARDED_METADATA).is_file()
+
+
+def read_sharded_checkpoint(folder: Path) -> dict:
+    """A distributed (DCP) checkpoint folder as a Lightning checkpoint dict: the module's weights gathered from
+    every shard file (the optimizer's left on disk) and the metadata file Lightning writes beside them."""
+    from torch.distributed.checkpoint import FileSystemReader
+    from torch.distributed.checkpoint.format_utils import _EmptyStateDictLoadPlanner
+    from torch.distributed.checkpoint.state_dict_loader import _load_state_dict
+
+    loaded: dict[str, Any] = {}
+    try:
+        _load_state_dict(
+            loaded, storage_reader=FileSystemReader(folder), planner=_EmptyStateDictLoadPlanner(keys={"model"}),
+            no_dist=True,
+        )  # fmt: skip
+        checkpoint = torch.load(folder / SHARDED_METADATA, map_location="cpu", weights_only=True)
+    except Exception as err:
+        first_line = (str(err).splitlines() or [""])[0][:200]
+        raise CheckpointError(
+            f"sharded checkpoint {folder} could not be read ({type(err).__name__}: {first_line}); it may be "
+            "incomplete (a run killed while saving): use the one before it"
+        ) from None
+    if "model" not in loaded or "global_step" not in checkpoint:
+        raise CheckpointError(f"{folder} is not a sharded Lightning checkpoint written by hhalign")
+    return {**checkpoint, "state_dict": loaded["model"]}
 
 
 def read_trained_weights(path: str) -> TrainedWeights:

@@ -9,6 +9,7 @@ import lightning as L
 import torch
 from jsonargparse.typing import NonNegativeInt, PositiveInt
 from lightning.pytorch.cli import OptimizerCallable
+from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor, nn
 from torchmetrics import MeanMetric, SumMetric
 from transformers import get_scheduler
@@ -19,6 +20,7 @@ from hhalign.models.loading import with_lora
 from hhalign.models.trained import FINGERPRINT_KEY, TRAINED_KEY
 from hhalign.objectives.outputs import LENGTH_METRICS, PAIR_METRICS, PairOutputs, StepOutputs, length_metrics
 from hhalign.training.checkpointing import check_fingerprints, checkpoint_dir
+from hhalign.training.sharding import TRAINED_IN_HALF, clip_sharded, gradient_norm, refuse_unsupported
 
 STAGES = ("train", "val", "test")
 SKIPPED_KEY = "hhalign_skipped_batches"
@@ -225,13 +227,37 @@ class AlignmentModule(L.LightningModule):
 
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
         grads = [p.grad for p in self.trainable_module().parameters() if p.grad is not None]
-        if not grads:
+        norm = gradient_norm(grads, self._trainer)  # before clipping, as the norm that clipping reads
+        if norm is None:
             return
-        norm = torch.nn.utils.get_total_norm(grads)
         if self._finite_or_skip(norm, "gradient"):
             self.log("train/grad_norm", norm, on_step=True, on_epoch=False)
         else:
             optimizer.zero_grad(set_to_none=True)  # AdamW leaves parameters without a gradient untouched
+
+    def configure_gradient_clipping(
+        self,
+        optimizer: torch.optim.Optimizer,
+        gradient_clip_val: float | None = None,
+        gradient_clip_algorithm: str | None = None,
+    ) -> None:
+        """Norm clipping under FSDP goes through the root module's ``clip_grad_norm_`` (the global norm);
+        everything else is Lightning's."""
+        norm_clipping = gradient_clip_val and gradient_clip_algorithm in (None, "norm")
+        if norm_clipping and clip_sharded(self.trainer, gradient_clip_val):
+            return
+        super().configure_gradient_clipping(optimizer, gradient_clip_val, gradient_clip_algorithm)
+
+    def setup(self, stage: str) -> None:
+        refuse_unsupported(self.trainer)
+        half = self.hparams.model_dtype in ("bfloat16", "float16") or self.trainer.precision in TRAINED_IN_HALF
+        if stage == "fit" and half:
+            rank_zero_warn(
+                f"training half-precision weights (model_dtype {self.hparams.model_dtype}, precision "
+                f"{self.trainer.precision}): at alignment learning rates most AdamW updates round to nothing in "
+                "bf16 (10 steps at lr 5e-7 changed 0.9% of the weights). Keep model_dtype float32 and use "
+                "--trainer.precision bf16-mixed"
+            )
 
     def fingerprints(self) -> dict[str, str]:
         """What a checkpoint must agree with to be resumed: the module type and the training data."""

@@ -57,7 +57,8 @@ class KTOModule(PolicyModule):
             mismatched_logratios = response_logps(policy, mismatched)[0] - response_logps(ref, mismatched)[0]
             ref_logps, _ = response_logps(ref, inputs)
         reference_point = kto_reference_point(mismatched_logratios)
-        if self._trainer is not None:  # one z₀ for the global batch, as the paper's estimate over it
+        if self._trainer is not None and self.training:  # one z₀ for the global batch, as the paper's estimate
+            # over it; evaluation keeps each batch's own, as one process would, and takes no collective per batch
             reference_point = self.trainer.strategy.reduce(reference_point, reduce_op="mean")
         hp = self.hparams
         losses, rewards = kto_loss(

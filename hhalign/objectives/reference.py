@@ -12,6 +12,7 @@ from torch import nn
 from hhalign.models.loading import load_model
 from hhalign.objectives.base import AlignmentModule
 from hhalign.training.checkpointing import weights_fingerprint
+from hhalign.training.sharding import is_fsdp
 
 REF_PREFIX = "ref."
 
@@ -23,7 +24,9 @@ class PolicyModule(AlignmentModule):
         ref_model_name_or_path: The frozen reference; defaults to the policy's path (the SFT model).
 
     The reference is loaded once, kept in eval mode with ``requires_grad=False``, left out of the
-    optimizer and out of checkpoints (it is reloaded from its path on resume). With LoRA
+    optimizer and out of checkpoints (it is reloaded from its path on resume). Under FSDP it stays in them:
+    Lightning's sharded load asks for every key of the wrapped module before any hook can supply the
+    reference's, and its full load is strict. With LoRA
     (``lora_rank > 0``) no second model is loaded: the reference is the policy with its adapters off.
     """
 
@@ -50,6 +53,8 @@ class PolicyModule(AlignmentModule):
         if self.needs_reference() and not self.uses_adapters_as_reference():
             ref_path = self.hparams.ref_model_name_or_path or self.hparams.model_name_or_path
             self.ref = load_model(ref_path, **kwargs).eval().requires_grad_(False)
+            # hashed whole, before a strategy shards it: every process agrees, and a resume compares the same
+            self._ref_fingerprint = weights_fingerprint(self.ref)
         self.train(self.training)
 
     def on_fit_start(self) -> None:
@@ -92,6 +97,8 @@ class PolicyModule(AlignmentModule):
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         super().on_save_checkpoint(checkpoint)
+        if is_fsdp(self._trainer):
+            return
         state = checkpoint["state_dict"]
         for key in [k for k in state if k.startswith(REF_PREFIX)]:
             del state[key]
@@ -99,5 +106,7 @@ class PolicyModule(AlignmentModule):
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         super().on_load_checkpoint(checkpoint)
         # The reference was reloaded from its path by configure_model; give strict loading its keys back.
-        if self.ref is not None:
-            checkpoint["state_dict"].update(self.ref.state_dict(prefix=REF_PREFIX))
+        # (Under FSDP the strategy has loaded the weights, reference included, and passes no state dict.)
+        state = checkpoint.get("state_dict")
+        if self.ref is not None and state is not None and not any(k.startswith(REF_PREFIX) for k in state):
+            state.update(self.ref.state_dict(prefix=REF_PREFIX))

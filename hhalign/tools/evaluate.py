@@ -14,7 +14,6 @@ import lightning as L
 import torch
 import yaml
 from lightning.pytorch.callbacks import Callback
-from lightning.pytorch.strategies import DeepSpeedStrategy, FSDPStrategy
 
 from hhalign.data.pairs import PairTokenizer, TokenizedPair
 from hhalign.errors import DataError, UserError
@@ -22,6 +21,7 @@ from hhalign.models.loading import load_model, load_tokenizer
 from hhalign.tools.judging import RESULTS_FILE, Evaluation, Judge, check_reward_model, choose_prompts, evaluate
 from hhalign.tools.judging import format_results as format_results
 from hhalign.tools.sampling import Sampling
+from hhalign.training.sharding import is_fsdp, model_on_one_process
 
 EVAL_DIR = "eval"
 LOGGED = {
@@ -108,10 +108,16 @@ def pick_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def pick_dtype(name: str, device: torch.device) -> torch.dtype:
-    if name == "auto":
-        return torch.bfloat16 if device.type == "cuda" else torch.float32  # bf16 is ~100x slower on CPUs
-    return getattr(torch, name)
+def pick_dtype(name: str) -> torch.dtype:
+    """The weights' dtype: ``auto`` keeps float32 weights (log-probs and KL in fp32); on CUDA sampling then runs
+    under bf16 autocast (``sampling_autocast``)."""
+    return torch.float32 if name == "auto" else getattr(torch, name)
+
+
+def sampling_autocast(name: str, device: torch.device) -> Any:
+    """bf16 autocast for ``--dtype auto`` on CUDA (sampling and judging; log-probs leave it); none elsewhere:
+    bf16 is ~100x slower on CPUs."""
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=name == "auto" and device.type == "cuda")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -166,15 +172,16 @@ def main(argv: list[str] | None = None) -> None:
     else:
         pairs = held_out_pairs(run["data"], run["base"])  # type: ignore[index]
     device = pick_device(args.device)
-    dtype = pick_dtype(args.dtype, device)
+    dtype = pick_dtype(args.dtype)
     policy = load_model(policy_path, dtype=dtype).to(device)
     reference = load_model(reference_path, dtype=dtype).to(device)
     judge = Judge.load(args.judge, device, args.batch_size)
-    evaluation = evaluate(
-        policy, reference, judge, choose_prompts(pairs, args.prompts, args.seed), sampling,
-        tokenizer.eos_token_id, tokenizer.pad_token_id, args.samples, args.seed, args.batch_size,
-        decode=lambda ids, prompt=False: tokenizer.decode(ids, skip_special_tokens=not prompt),
-    )  # fmt: skip
+    with sampling_autocast(args.dtype, device):
+        evaluation = evaluate(
+            policy, reference, judge, choose_prompts(pairs, args.prompts, args.seed), sampling,
+            tokenizer.eos_token_id, tokenizer.pad_token_id, args.samples, args.seed, args.batch_size,
+            decode=lambda ids, prompt=False: tokenizer.decode(ids, skip_special_tokens=not prompt),
+        )  # fmt: skip
     evaluation.results |= {
         "label": args.label or label_of(run),
         "policy": policy_path,
@@ -239,30 +246,26 @@ class EvaluateAtFitEnd(Callback):
 
     @torch.no_grad()
     def on_fit_end(self, trainer: L.Trainer, pl_module: Any) -> None:
-        if isinstance(trainer.strategy, (FSDPStrategy, DeepSpeedStrategy)):
-            pl_module.print(
-                "evaluation skipped: the weights are sharded; consolidate the checkpoint, `hhalign export` it, "
-                "then run `hhalign evaluate --policy EXPORT`"
-            )
-            return
-        if trainer.is_global_zero:  # each process holds the whole policy: one of them evaluates
-            self._evaluate(trainer, pl_module)
+        # each process holds the whole policy, or under FSDP rank 0 gathers it: one process evaluates
+        policy = model_on_one_process(trainer, pl_module)
+        if trainer.is_global_zero and policy is not None:
+            self._evaluate(trainer, pl_module, policy)
         trainer.strategy.barrier("EvaluateAtFitEnd")
 
-    def _evaluate(self, trainer: L.Trainer, pl_module: Any) -> None:
+    def _evaluate(self, trainer: L.Trainer, pl_module: Any, policy: Any) -> None:
         hp = pl_module.hparams
         tokenizer = load_tokenizer(hp.model_name_or_path, hp.trust_remote_code)
         pairs = choose_prompts(trainer.datamodule.val_examples, self.prompts, self.seed)  # type: ignore[attr-defined]
         judge = Judge.load(self.judge, pl_module.device, self.batch_size)
         # the loaded reference, or the starting weights again: with LoRA the reference is the policy with its
         # adapters off, and after precompute_ref_logps it is gone
-        reference = getattr(pl_module, "ref", None)
+        reference = None if is_fsdp(trainer) else getattr(pl_module, "ref", None)  # a sharded one runs only inside FSDP
         if reference is None:
             path = hp.ref_model_name_or_path or hp.model_name_or_path
             reference = load_model(path, dtype=next(pl_module.parameters()).dtype).to(pl_module.device)
         with trainer.precision_plugin.forward_context():
             evaluation = evaluate(
-                pl_module.trainable_module(), reference, judge, pairs, self.sampling, tokenizer.eos_token_id,
+                policy.to(pl_module.device), reference, judge, pairs, self.sampling, tokenizer.eos_token_id,
                 tokenizer.pad_token_id, self.samples, self.seed, self.batch_size,
                 decode=lambda ids, prompt=False: tokenizer.decode(ids, skip_special_tokens=not prompt),
             )  # fmt: skip

@@ -11,11 +11,11 @@ from typing import Any
 
 import lightning as L
 from lightning.pytorch.callbacks import Callback
-from lightning.pytorch.strategies import DeepSpeedStrategy, FSDPStrategy
 from torch import nn
 
 from hhalign.models.loading import load_tokenizer, merged, model_from_trained
 from hhalign.models.trained import read_trained_weights
+from hhalign.training.sharding import model_on_one_process
 
 EXPORT_INFO = "hhalign_export.json"
 
@@ -56,11 +56,8 @@ class ExportAtFitEnd(Callback):
         self.dirpath = dirpath
 
     def on_fit_end(self, trainer: L.Trainer, pl_module: Any) -> None:
-        if isinstance(trainer.strategy, (FSDPStrategy, DeepSpeedStrategy)):
-            # each process holds a shard of the weights; a single-file export needs them gathered
-            pl_module.print("export skipped: the weights are sharded; export a consolidated checkpoint instead")
-            return
-        if not trainer.is_global_zero:
+        model = model_on_one_process(trainer, pl_module)  # under FSDP, gathered whole on rank 0: every rank joins
+        if not trainer.is_global_zero or model is None:
             return
         out = Path(self.dirpath or Path(trainer.default_root_dir) / "export")
         hp = pl_module.hparams
@@ -74,13 +71,15 @@ class ExportAtFitEnd(Callback):
         if getattr(pl_module, "reward_stats", None):
             info["reward_stats"] = pl_module.reward_stats  # from the last validation: normalise scores with it
         tokenizer = load_tokenizer(hp.model_name_or_path, hp.trust_remote_code)
-        export_model(merged(pl_module.trainable_module()), tokenizer, out, info)  # LoRA adapters merged
+        export_model(merged(model), tokenizer, out, info)  # LoRA adapters merged
         pl_module.print(f"exported the trained model to {out}")
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="hhalign export", description=__doc__)
-    parser.add_argument("--ckpt", required=True, help="a .ckpt written by `hhalign fit`")
+    parser.add_argument(
+        "--ckpt", required=True, help="a .ckpt written by `hhalign fit` (or an FSDP run's .ckpt folder)"
+    )
     parser.add_argument("--out", required=True, help="folder to write the Hugging Face model into")
     args = parser.parse_args(argv)
     print(f"exported {args.ckpt} to {export_checkpoint(args.ckpt, args.out)}")

@@ -41,7 +41,7 @@ def rewards(
 
     out: list[float] = []
     for start in tqdm(range(0, len(sequences), batch_size), desc=description, disable=description is None):
-        batch = collate_sequences(sequences[start : start + batch_size], None, pad_token_id=0)
+        batch = collate_sequences(sequences[start : start + batch_size], None, pad_token_id=0).to(module.device)
         out += module.batch_rewards(batch).tolist()
     return out
 

@@ -55,7 +55,7 @@ def weights_fingerprint(module: nn.Module) -> str:
     digest = hashlib.sha256()
     for name, tensor in module.state_dict().items():
         flat = tensor.detach().reshape(-1)
-        digest.update(f"{name}{tuple(tensor.shape)}{flat.double().sum().item():.10e}".encode())
+        digest.update(f"{name}{tuple(tensor.shape)}{flat.sum(dtype=torch.float64).item():.10e}".encode())
         digest.update(flat[:256].float().cpu().numpy().tobytes())
     return digest.hexdigest()[:16]
 

@@ -1,0 +1,94 @@
+"""What training needs to know about sharded strategies: under FSDP each process holds a shard of every weight
+and gradient, so norms, clipping and a whole copy of the trained model take collectives that every process joins.
+
+DeepSpeed is refused up front (``refuse_unsupported``): its ZeRO stages hold gradients and, at stage 3, weights
+where this code does not look for them (README, Multi-GPU).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import lightning as L
+import torch
+from lightning.pytorch.strategies import DeepSpeedStrategy, FSDPStrategy
+from torch import Tensor, nn
+
+from hhalign.errors import UserError
+from hhalign.models.loading import model_from_trained
+from hhalign.models.trained import TrainedWeights
+
+TRAINED_IN_HALF = ("bf16-true", "16-true", "bf16", "16", "half")
+"""Trainer precisions whose master weights are half precision."""
+
+
+def is_fsdp(trainer: L.Trainer | None) -> bool:
+    return trainer is not None and isinstance(trainer.strategy, FSDPStrategy)
+
+
+def refuse_unsupported(trainer: L.Trainer) -> None:
+    """One clear line before anything loads, rather than a failure deep inside a run."""
+    if isinstance(trainer.strategy, DeepSpeedStrategy):
+        raise UserError(
+            "DeepSpeed is not supported: ZeRO keeps gradients (stage 2) and weights (stage 3) outside the "
+            "parameters that hhalign reads for the gradient norm, the LM head and checkpoints. Use "
+            "--trainer.strategy fsdp (configs/dpo.yaml shows the settings) or ddp"
+        )
+
+
+def gradient_norm(grads: list[Tensor], trainer: L.Trainer | None) -> Tensor | None:
+    """The L2 norm of all gradients of the trained model; under FSDP each process holds a shard of each, so
+    the squared norms are summed across processes (every process must call this). None when there are none."""
+    if not is_fsdp(trainer):
+        return torch.nn.utils.get_total_norm(grads) if grads else None
+    assert trainer is not None
+    device = trainer.strategy.root_device
+    squared = torch.zeros((), dtype=torch.float32, device=device)
+    if grads:
+        squared = torch.nn.utils.get_total_norm(grads).float().to(device) ** 2
+    return trainer.strategy.reduce(squared, reduce_op="sum").sqrt()
+
+
+def clip_sharded(trainer: L.Trainer, max_norm: float) -> bool:
+    """Clip the global gradient norm through FSDP's own ``clip_grad_norm_`` (a collective; Lightning's FSDP
+    precision plugin refuses norm clipping because it has no handle on the root module). False when not FSDP."""
+    if not is_fsdp(trainer):
+        return False
+    trainer.model.clip_grad_norm_(max_norm)  # type: ignore[union-attr, operator]
+    return True
+
+
+def full_state_dict(trainer: L.Trainer, prefix: str) -> dict[str, Tensor] | None:
+    """The entries of the module's state dict under ``prefix`` (without it), gathered whole on rank 0 (None on
+    the others); every process must call it. Without FSDP, the module's own tensors."""
+    module = trainer.lightning_module
+    if not is_fsdp(trainer):
+        state = module.state_dict()
+    else:
+        from torch.distributed.fsdp import FullStateDictConfig, StateDictType
+        from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
+
+        root: Any = trainer.model
+        offload = trainer.strategy.root_device.type != "cpu"  # to host memory on a GPU; already there on CPU
+        config = FullStateDictConfig(offload_to_cpu=offload, rank0_only=True)
+        with FSDP.state_dict_type(root, StateDictType.FULL_STATE_DICT, config):
+            state = root.state_dict()
+        if not trainer.is_global_zero:
+            return None
+    return {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
+
+
+def model_on_one_process(trainer: L.Trainer, pl_module: Any) -> nn.Module | None:
+    """The trained model, whole: the module's own without FSDP (on every process), else a copy rebuilt on rank 0
+    from the gathered weights (None on the other ranks). Every process must call it."""
+    if not is_fsdp(trainer):
+        return pl_module.trainable_module()
+    state = full_state_dict(trainer, f"{pl_module.trained_attribute}.")
+    if state is None:
+        return None
+    hp = dict(pl_module.hparams)
+    trained = TrainedWeights(
+        "the fit's sharded weights", type(pl_module).__name__, hp["model_name_or_path"], pl_module.head,
+        trainer.global_step, state, hp, {},
+    )  # fmt: skip
+    return model_from_trained(trained, pl_module.head, **pl_module.load_kwargs())
