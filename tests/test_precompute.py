@@ -34,7 +34,8 @@ def test_precomputed_reference_gives_the_online_losses_and_rewards(tiny_dir: Pat
         online = module.pair_outputs(collate(pairs, tokenizer.pad_token_id))
     pad = partial(collate, pad_token_id=tokenizer.pad_token_id)
     values = reference_logps(module, pairs, pad, PairExamples(ExampleSettings(160)).length, show=False)
-    carried = pad([replace(p, ref_logps=v) for p, v in zip(pairs, values, strict=True)])
+    assert values.shape == (6, 2) and values.dtype == torch.float32
+    carried = pad([replace(p, ref_logps=tuple(v)) for p, v in zip(pairs, values.tolist(), strict=True)])
     assert carried.ref_logps is not None and carried.ref_logps.shape == (12,)
     module.ref = None  # the precomputed path must not need it
     with torch.no_grad():

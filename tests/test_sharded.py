@@ -1,0 +1,130 @@
+"""Sharded and multi-process training on this CPU: Lightning's real FSDPStrategy over 2 gloo processes
+(``tests.sharded.CPUFSDPStrategy``) and DDP, through the real CLI and configs. Every run has a deadline, so a
+hang (a rank waiting in a collective the other never joins) fails the test instead of stalling the suite."""
+
+from __future__ import annotations
+
+import json
+import math
+import signal
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from tests.conftest import tiny_args
+from tests.sharded import fsdp_overlay, last_validation, run_cli, train_rows
+
+pytestmark = [pytest.mark.slow, pytest.mark.sharded]
+UNEVEN = ("--data.val_batch_size", "5")
+"""12 validation pairs (24 completions for KTO) in batches of at most 5: 3 (or 5) batches, uneven over 2 ranks
+before validation cut the pairs into a multiple of the processes' count."""
+
+
+def _fit(tmp: Path, tiny: Path, data: Path, config: str, trial: str, *extra: str, steps: int = 2) -> list[str]:
+    run = ["--trial_name", trial, "--trainer.max_steps", str(steps), "--trainer.val_check_interval", str(steps)]
+    return tiny_args("fit", config, tiny, data, tmp, *run, *extra)
+
+
+def _ok(result) -> None:
+    assert result.returncode == 0, result.stderr[-4000:]
+
+
+def test_fsdp_fit_clips_logs_the_global_norm_validates_uneven_shards_exports_and_evaluates(
+    tmp_path: Path, tiny_dir: Path, small_jsonl: Path, tiny_judge: Path
+):
+    fsdp = fsdp_overlay(tmp_path)
+    sharded = run_cli(
+        _fit(
+            tmp_path, tiny_dir, small_jsonl, "configs/tiny/dpo.yaml", "fsdp", "--config", str(fsdp), *UNEVEN,
+            "--trainer.gradient_clip_val", "1.0", "--model.warmup_steps", "0",
+            "--trainer.callbacks+=hhalign.tools.evaluate.EvaluateAtFitEnd", f"--trainer.callbacks.judge={tiny_judge}",
+            "--trainer.callbacks.prompts=4", "--trainer.callbacks.max_new_tokens=4",
+        )
+    )  # fmt: skip
+    _ok(sharded)
+    run = tmp_path / "tiny" / "fsdp"
+    # one process over the same global batch (2 ranks x 8 pairs): the gradient norm FSDP logs is the whole one
+    single = run_cli(
+        _fit(tmp_path, tiny_dir, small_jsonl, "configs/tiny/dpo.yaml", "single", "--data.batch_size", "16", steps=1)
+    )
+    _ok(single)
+    norm, expected = (float(train_rows(d)[0]["train/grad_norm"]) for d in (run, tmp_path / "tiny" / "single"))
+    assert norm == pytest.approx(expected, rel=1e-5)
+    assert norm > 1.0  # so clipping at 1.0 acted: the second step moved the policy by a clipped update
+    assert float(train_rows(run)[0]["train/loss"]) == pytest.approx(math.log(2), abs=1e-6)
+    assert last_validation(run)["val/examples"] == 12  # every validation pair once, over uneven batches
+    assert json.loads((run / "eval" / "evaluation.json").read_text())["prompts"] == 4  # evaluated at fit end
+    step = run / "checkpoints" / "step=2.ckpt"
+    assert step.is_dir()  # a sharded checkpoint folder; `hhalign export` reads it whole
+    exported = run_cli(["export", "--ckpt", str(step), "--out", str(tmp_path / "from-folder")])
+    _ok(exported)
+    at_fit_end, from_folder = (load_file(d / "model.safetensors") for d in (run / "export", tmp_path / "from-folder"))
+    assert sorted(at_fit_end) == sorted(from_folder) and not any(k.startswith("ref.") for k in at_fit_end)
+    for key, tensor in at_fit_end.items():
+        assert torch.equal(tensor, from_folder[key]), key
+    start = load_file(tiny_dir / "model.safetensors")
+    assert any(not torch.equal(start[k], at_fit_end[k]) for k in start)  # trained weights, not the start
+
+
+@pytest.mark.parametrize("state_dict_type", ["sharded", "full"])
+def test_fsdp_dpo_killed_then_resumed_logs_the_losses_of_an_uninterrupted_run(
+    tmp_path: Path, tiny_dir: Path, small_jsonl: Path, state_dict_type: str
+):
+    fsdp = fsdp_overlay(tmp_path, state_dict_type)
+    every_2 = ("--trainer.callbacks+=lightning.pytorch.callbacks.ModelCheckpoint",
+               "--trainer.callbacks.every_n_train_steps", "2", "--trainer.callbacks.save_last", "true")  # fmt: skip
+    common = ("--config", str(fsdp), "--model.warmup_steps", "0", "--trainer.val_check_interval", "100", *every_2)
+
+    def fit(trial: str, *extra: str):
+        return run_cli(_fit(tmp_path, tiny_dir, small_jsonl, "configs/tiny/dpo.yaml", trial, *common, *extra, steps=5))
+
+    _ok(fit("whole"))
+    killed = fit("killed", "--trainer.callbacks+=tests.faults.KillAtStep", "--trainer.callbacks.step", "3")
+    assert killed.returncode in (-signal.SIGKILL, 128 + signal.SIGKILL, 1), killed.stderr[-3000:]
+    _ok(fit("killed", "--ckpt_path", "last"))  # from step 2: the reference's weights and fingerprint restored
+    expected, got = train_rows(tmp_path / "tiny" / "whole"), train_rows(tmp_path / "tiny" / "killed")
+    assert sorted(got) == sorted(expected) == [0, 1, 2, 3, 4]
+    for step in expected:
+        assert float(got[step]["train/loss"]) == pytest.approx(float(expected[step]["train/loss"]), abs=1e-6), step
+
+
+@pytest.mark.parametrize("strategy", ["fsdp", "ddp"])
+def test_kto_validates_uneven_shards_without_hanging(tmp_path: Path, tiny_dir: Path, small_jsonl: Path, strategy: str):
+    """KTO's reference point is a collective while training; it used to be one in validation steps too."""
+    where = ("--config", str(fsdp_overlay(tmp_path))) if strategy == "fsdp" else ("--trainer.strategy", "ddp",
+                                                                                  "--trainer.devices", "2")  # fmt: skip
+    _ok(run_cli(_fit(tmp_path, tiny_dir, small_jsonl, "configs/tiny/kto.yaml", strategy, *where, *UNEVEN)))
+    assert last_validation(tmp_path / "tiny" / strategy)["val/examples"] == 24  # 12 pairs as 24 completions
+
+
+def test_precompute_under_ddp_shares_the_pass_frees_the_reference_and_fsdp_refuses_it(
+    tmp_path: Path, tiny_dir: Path, small_jsonl: Path
+):
+    precompute = ("--model.precompute_ref_logps", "true")
+    ddp = _fit(tmp_path, tiny_dir, small_jsonl, "configs/tiny/dpo.yaml", "ddp", *precompute, "--trainer.strategy",
+               "ddp", "--trainer.devices", "2", "--trainer.callbacks+=tests.sharded.AssertReferenceFreed")  # fmt: skip
+    result = run_cli(ddp)
+    _ok(result)
+    assert "reference freed" in result.stdout
+    _ok(run_cli(_fit(tmp_path, tiny_dir, small_jsonl, "configs/tiny/dpo.yaml", "single", *precompute)))
+    shared, alone = (torch.load(tmp_path / "tiny" / t / "ref_logps.pt") for t in ("ddp", "single"))
+    assert shared["key"] == alone["key"]
+    for split in ("train", "val"):  # each rank computed half; gathered, every pair has its own values
+        torch.testing.assert_close(torch.tensor(shared[split]), torch.tensor(alone[split]), rtol=0, atol=1e-4)
+    refused = run_cli(
+        _fit(
+            tmp_path,
+            tiny_dir,
+            small_jsonl,
+            "configs/tiny/dpo.yaml",
+            "fsdp",
+            *precompute,
+            "--config",
+            str(fsdp_overlay(tmp_path)),
+        )  # fmt: skip
+    )
+    assert refused.returncode != 0 and "Traceback" not in refused.stderr
+    errors = [line for line in refused.stderr.splitlines() if line.startswith("hhalign: error:")]
+    assert len(errors) == 1 and "precompute_ref_logps is not supported under FSDP" in errors[0], refused.stderr[-2000:]
