@@ -28,6 +28,7 @@ from hhalign.tools.summary import RunSummary
 from hhalign.training.checkpointing import AtomicCheckpointIO
 from hhalign.training.loggers import ResumableCSVLogger, ResumeLogs
 from hhalign.training.preemption import Preempted, Preemption
+from hhalign.training.sharding import refuse_deepspeed
 
 WANDB_ID_FILE = "wandb_run_id.txt"
 QUIET_PARSERS: dict[str, Any] = {"exit_on_error": False} | {
@@ -106,7 +107,11 @@ class HHAlignCLI(LightningCLI):
         checkpoint's fingerprints refuse a resume whose data or reference differ instead."""
 
     def before_instantiate_classes(self) -> None:
-        """Refuse to write over an earlier run unless asked to resume it or replace it."""
+        """Refuse a strategy we do not support, and to write over an earlier run unless asked to resume it or
+        replace it."""
+        strategy = self._get(self.config, "trainer", default={}).get("strategy")
+        if "deepspeed" in str(strategy).lower():
+            refuse_deepspeed()
         if launched_worker():
             return  # a process started beside rank 0, which decides for all of them
         run_dir = self.run_dir()

@@ -303,3 +303,31 @@ def test_no_lightning_advert_and_no_warning_about_the_frozen_reference(
     assert any("GPU available" in r.getMessage() for r in caplog.records)  # Lightning's info log is captured
     assert not any("Tip" in r.getMessage() for r in caplog.records)  # Lightning advertises a cloud logger
     assert not any("in eval mode" in str(w.message) for w in caught)
+
+
+def test_a_slurm_task_other_than_rank_0_deletes_nothing_and_reports_nothing(
+    tmp_path: Path, small_jsonl: Path, monkeypatch: pytest.MonkeyPatch
+):
+    """``srun`` starts every task at once and sets only ``SLURM_PROCID``: task 1 must leave the run directory
+    (and the error message) to task 0, or each task would delete the others' run under --overwrite."""
+    run_dir = tmp_path / "tiny" / "dpo"
+    (run_dir / "checkpoints").mkdir(parents=True)
+    (run_dir / "metrics.csv").write_text("step,train/loss\n0,0.69\n")
+    monkeypatch.setenv("SLURM_PROCID", "1")
+    args = ["fit", "--config", str(REPO / "configs/tiny/dpo.yaml"), "--data.path", str(small_jsonl),
+            "--output_dir", str(tmp_path), "--model.model_name_or_path", str(tmp_path / "absent"),
+            "--overwrite", "true"]  # fmt: skip
+    with pytest.raises(SystemExit) as exited:
+        main(args)
+    assert exited.value.code == 1  # the missing model, said once by task 0, not by every task
+    assert (run_dir / "metrics.csv").exists() and (run_dir / "checkpoints").exists()
+
+
+def test_deepspeed_is_refused_in_one_line_before_anything_starts(tmp_path: Path, small_jsonl: Path):
+    args = ["fit", "--config", str(REPO / "configs/tiny/dpo.yaml"), "--data.path", str(small_jsonl),
+            "--output_dir", str(tmp_path), "--trainer.strategy", "deepspeed_stage_2"]  # fmt: skip
+    with pytest.raises(SystemExit) as exited:
+        main(args)
+    message = str(exited.value.code)
+    assert message.startswith("hhalign: error: DeepSpeed is not supported") and "fsdp" in message
+    assert not (tmp_path / "tiny").exists()

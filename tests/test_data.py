@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
 import torch
 
 from hhalign.data.batches import collate_pairs
@@ -196,3 +197,15 @@ def test_missing_local_dataset_folder_is_a_clear_error(tmp_path: Path, tiny_dir:
 
     with pytest.raises(DataError, match="does not exist"):
         _module(tmp_path / "nowhere", tiny_dir).setup("fit")
+
+
+@pytest.mark.parametrize(("n", "size", "processes"), [(12, 5, 2), (7, 2, 4), (5, 1, 4), (24, 5, 2), (9, 16, 2)])
+def test_validation_batches_come_in_a_multiple_of_the_processes(n: int, size: int, processes: int):
+    """Every process must run as many evaluation batches as the others (an FSDP forward is a collective): the
+    pairs are cut into a multiple of ``processes`` batches, sizes differing by at most one, none repeated."""
+    lengths = [(7 * i) % 11 for i in range(n)]
+    batches = length_grouped_batches(lengths, size, seed=0, processes=processes)
+    assert len(batches) % processes == 0 and all(batches)
+    assert sorted(i for b in batches for i in b) == list(range(n))
+    sizes = [len(b) for b in batches]
+    assert max(sizes) - min(sizes) <= 1 and max(sizes) <= max(size, -(-n // len(batches)))

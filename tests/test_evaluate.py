@@ -240,3 +240,31 @@ def test_the_judge_length_agreement_and_the_longer_wins_baseline():
     assert estimates.judge_prefers_longer(scores_a, scores_b, lengths_a, lengths_b) == 0.5
     baseline = estimates.longer_wins(lengths_a, lengths_b)
     assert (baseline.wins, baseline.ties, baseline.losses) == (3, 1, 0)
+
+
+def test_the_judge_gets_its_batches_on_its_own_device():
+    """A judge on a GPU got CPU batches: ``EvaluateAtFitEnd`` failed after the whole epoch."""
+    from hhalign.tools.use import rewards
+
+    seen = []
+
+    class OnMeta:  # stands for a reward model on another device than the CPU batches are built on
+        device = torch.device("meta")
+
+        def batch_rewards(self, batch):
+            seen.append(batch.input_ids.device)
+            return torch.zeros(batch.input_ids.shape[0])
+
+    rewards(OnMeta(), [[1, 2, 3], [4, 5], [6]], batch_size=2)  # type: ignore[arg-type]
+    assert seen == [torch.device("meta")] * 2
+
+
+def test_completion_log_probs_stay_in_float32_when_sampling_runs_under_bf16_autocast():
+    """The KL estimate is a difference of two summed log-probs: bf16 would put ≥0.04 nats of error in each."""
+    policy = toy_model(4)
+    prompts = [[0, 1], [0, 2, 3, 1, 2, 3]]
+    completions = [[2, 3, EOS], [1, 1, 2]]
+    plain = completion_logps(policy, prompts, completions, batch_size=2)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        under_autocast = completion_logps(policy, prompts, completions, batch_size=2)
+    assert under_autocast == plain

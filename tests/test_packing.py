@@ -172,3 +172,15 @@ def test_reward_model_rewards_equal_packed_and_plain(tiny_dir: Path, tokenizer):
         packed = module.batch_rewards(collate_packed_pairs(pairs, tokenizer.pad_token_id))
         plain = module.batch_rewards(collate_pairs(pairs, tokenizer.pad_token_id))
     torch.testing.assert_close(packed, plain, rtol=1e-5, atol=1e-6)
+
+
+def test_scoring_forwards_build_no_kv_cache(tiny_dir: Path, tokenizer):
+    """Training and scoring read every position once: a KV cache would be memory spent on nothing."""
+    from hhalign.models.forward import backbone
+
+    model = load_model(str(tiny_dir))
+    batch = collate_packed_pairs(_real_pairs(tokenizer, 2), tokenizer.pad_token_id)
+    inputs = model_inputs(model, batch)
+    assert inputs.forward_args()["use_cache"] is False
+    with torch.no_grad():
+        assert backbone(model)(**inputs.forward_args()).past_key_values is None

@@ -27,13 +27,18 @@ def is_fsdp(trainer: L.Trainer | None) -> bool:
 
 
 def refuse_unsupported(trainer: L.Trainer) -> None:
-    """One clear line before anything loads, rather than a failure deep inside a run."""
+    """One clear line before anything loads, rather than a failure deep inside a run (the CLI refuses a
+    DeepSpeed strategy by name earlier still; this catches one built in code)."""
     if isinstance(trainer.strategy, DeepSpeedStrategy):
-        raise UserError(
-            "DeepSpeed is not supported: ZeRO keeps gradients (stage 2) and weights (stage 3) outside the "
-            "parameters that hhalign reads for the gradient norm, the LM head and checkpoints. Use "
-            "--trainer.strategy fsdp (configs/dpo.yaml shows the settings) or ddp"
-        )
+        refuse_deepspeed()
+
+
+def refuse_deepspeed() -> None:
+    raise UserError(
+        "DeepSpeed is not supported: ZeRO keeps gradients (stage 2) and weights (stage 3) outside the "
+        "parameters that hhalign reads for the gradient norm, the LM head and checkpoints. Use "
+        "--trainer.strategy fsdp (configs/dpo.yaml shows the settings) or ddp"
+    )
 
 
 def gradient_norm(grads: list[Tensor], trainer: L.Trainer | None) -> Tensor | None:
