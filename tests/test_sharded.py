@@ -13,7 +13,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from tests.conftest import tiny_args
+from tests.conftest import REPO, tiny_args
 from tests.sharded import fsdp_overlay, last_validation, run_cli, train_rows
 
 pytestmark = [pytest.mark.slow, pytest.mark.sharded]
@@ -128,3 +128,47 @@ def test_precompute_under_ddp_shares_the_pass_frees_the_reference_and_fsdp_refus
     assert refused.returncode != 0 and "Traceback" not in refused.stderr
     errors = [line for line in refused.stderr.splitlines() if line.startswith("hhalign: error:")]
     assert len(errors) == 1 and "precompute_ref_logps is not supported under FSDP" in errors[0], refused.stderr[-2000:]
+
+
+def test_the_7b_recipes_run_sft_then_dpo_and_rm_from_its_export_with_resume(
+    tmp_path: Path, tiny_dir: Path, small_jsonl: Path
+):
+    """``configs/sft.yaml``, ``dpo.yaml`` and ``rm.yaml`` as shipped (FSDP FULL_SHARD, sharded checkpoints,
+    bf16-mixed, gradient clipping, accumulation, gradient checkpointing, data workers, export at fit end), with
+    only the model (the tiny one), the devices (2 CPU processes, the harness's strategy), the data (a local file,
+    a quarter held out, uneven validation batches), the logger (no wandb) and the run's length changed."""
+    import yaml
+
+    fsdp = str(fsdp_overlay(tmp_path))
+
+    def recipe(config: str, model: Path, trial: str, *extra: str) -> Path:
+        args = ["fit", "--config", str(REPO / "configs" / config), "--config", fsdp, "--model.model_name_or_path",
+                str(model), "--data.path", str(small_jsonl), "--data.val_split", "null", "--data.valid_fraction",
+                "0.25", *UNEVEN, "--wandb_mode", "disabled", "--output_dir", str(tmp_path), "--trial_name", trial,
+                "--trainer.max_steps", "2", "--trainer.val_check_interval", "4", "--trainer.enable_progress_bar",
+                "false", *extra]  # fmt: skip
+        _ok(run_cli(args))
+        run = tmp_path / f"hh-rlhf-{config.removesuffix('.yaml')}" / trial
+        resolved = yaml.safe_load((run / "config.yaml").read_text())["trainer"]
+        assert resolved["precision"] == "bf16-mixed" and resolved["gradient_clip_val"] == 1.0
+        assert (
+            resolved["accumulate_grad_batches"] == 2
+            and resolved["strategy"]["init_args"]["state_dict_type"] == "sharded"
+        )
+        assert last_validation(run)["val/examples"] == 12
+        return run
+
+    sft = recipe("sft.yaml", tiny_dir, "sft")
+    export = sft / "export"
+    assert json.loads((export / "hhalign_export.json").read_text())["step"] == 2
+    dpo = recipe("dpo.yaml", export, "dpo")
+    assert float(train_rows(dpo)[0]["train/loss"]) == pytest.approx(math.log(2), abs=1e-6)  # SFT = policy = ref
+    before = load_file(dpo / "export" / "model.safetensors")
+    recipe("dpo.yaml", export, "dpo", "--ckpt_path", "last", "--trainer.max_steps", "3")
+    assert sorted(train_rows(dpo)) == [0, 1, 2]  # resumed at step 2, each step logged once
+    assert json.loads((dpo / "export" / "hhalign_export.json").read_text())["step"] == 3
+    after = load_file(dpo / "export" / "model.safetensors")
+    assert any(not torch.equal(before[k], after[k]) for k in before)
+    rm = recipe("rm.yaml", export, "rm")
+    info = json.loads((rm / "export" / "hhalign_export.json").read_text())
+    assert info["head"] == "reward" and info["base"] == str(export)
