@@ -7,7 +7,7 @@ SMOLLM2 := artifacts/smollm2-135m-instruct
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: help install model demo frontier demo-tiny test bench lint format clean
+.PHONY: help install model demo frontier demo-tiny test test-fast bench lint format clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "} {printf "  %-10s %s\n", $$1, $$2}'
@@ -59,6 +59,9 @@ demo-tiny: $(TINY)/config.json  ## the whole pipeline with the offline tiny mode
 
 test: install  ## run the test suite
 	$(BIN)/python -m pytest
+
+test-fast: install  ## the suite without multi-step and multi-process runs (about 2 minutes)
+	$(BIN)/python -m pytest -m "not slow and not sharded"
 
 bench: install  ## speed and memory of DPO and RM training; ARGS="--peer trl" adds TRL on the same work
 	$(BIN)/python benchmarks/bench.py $(ARGS)
