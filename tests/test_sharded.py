@@ -172,3 +172,27 @@ def test_the_7b_recipes_run_sft_then_dpo_and_rm_from_its_export_with_resume(
     rm = recipe("rm.yaml", export, "rm")
     info = json.loads((rm / "export" / "hhalign_export.json").read_text())
     assert info["head"] == "reward" and info["base"] == str(export)
+
+
+def test_fsdp_lora_fits_exports_merged_adapters_and_validates_its_sharded_checkpoint(
+    tmp_path: Path, tiny_dir: Path, small_jsonl: Path
+):
+    """LoRA's reference is the policy with its adapters off, run inside the same wrapped forward."""
+    fsdp = ("--config", str(fsdp_overlay(tmp_path)))
+    lora = ("--model.lora_rank", "4")
+    _ok(run_cli(_fit(tmp_path, tiny_dir, small_jsonl, "configs/tiny/dpo.yaml", "lora", *fsdp, *lora, *UNEVEN)))
+    run = tmp_path / "tiny" / "lora"
+    assert float(train_rows(run)[0]["train/loss"]) == pytest.approx(math.log(2), abs=1e-6)
+    _ok(run_cli(["export", "--ckpt", str(run / "checkpoints" / "step=2.ckpt"), "--out", str(tmp_path / "folder")]))
+    at_fit_end, from_folder = (load_file(d / "model.safetensors") for d in (run / "export", tmp_path / "folder"))
+    start = load_file(tiny_dir / "model.safetensors")
+    assert sorted(at_fit_end) == sorted(from_folder) == sorted(start)  # adapters merged into a plain model
+    assert all(torch.equal(at_fit_end[k], from_folder[k]) for k in start)
+    assert any(not torch.equal(at_fit_end[k], start[k]) for k in start)
+    folder = str(run / "checkpoints" / "step=2.ckpt")
+    validate = tiny_args("validate", "configs/tiny/dpo.yaml", tiny_dir, small_jsonl, tmp_path, *fsdp, *lora, *UNEVEN,
+                         "--trial_name", "validate", "--ckpt_path", folder)  # fmt: skip
+    _ok(run_cli(validate))
+    validated, at_fit_end_validation = last_validation(tmp_path / "tiny" / "validate"), last_validation(run)
+    for key in ("val/loss", "val/reward_accuracy", "val/examples"):
+        assert validated[key] == pytest.approx(at_fit_end_validation[key], abs=1e-5), key
