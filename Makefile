@@ -7,7 +7,7 @@ SMOLLM2 := artifacts/smollm2-135m-instruct
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: help install model demo frontier demo-tiny test test-fast bench lint format clean
+.PHONY: help install model demo demo-quick frontier demo-tiny test test-fast bench lint format clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "} {printf "  %-10s %s\n", $$1, $$2}'
@@ -36,6 +36,17 @@ demo: $(SMOLLM2)/model.safetensors  ## DPO and a reward model on SmolLM2-135M-In
 	$(BIN)/hhalign fit --config configs/smollm2/rm.yaml --overwrite true
 	$(BIN)/hhalign summary outputs/smollm2/dpo outputs/smollm2/rm
 	$(BIN)/hhalign evaluate outputs/smollm2/dpo --judge outputs/smollm2/rm/export
+
+# the mechanics in about 10 minutes: the earlier demo's 8 DPO steps at lr 5e-5 and 16 reward-model steps at lr 1e-4
+QUICK_DPO := --trial_name dpo-quick --trainer.max_steps 8 --trainer.val_check_interval 8 --model.warmup_steps 1 \
+	--model.optimizer.init_args.lr 5e-5 --model.val_batches_during_fit null
+QUICK_RM := --trial_name rm-quick --trainer.max_steps 16 --trainer.val_check_interval 16 --model.warmup_steps 1 \
+	--model.optimizer.init_args.lr 1e-4 --model.val_batches_during_fit null --data.batch_size 4
+demo-quick: $(SMOLLM2)/model.safetensors  ## the demo's mechanics in about 10 minutes (too short to learn more than length)
+	$(BIN)/hhalign fit --config configs/smollm2/dpo.yaml $(QUICK_DPO) --overwrite true
+	$(BIN)/hhalign fit --config configs/smollm2/rm.yaml $(QUICK_RM) --overwrite true
+	$(BIN)/hhalign summary outputs/smollm2/dpo-quick outputs/smollm2/rm-quick
+	$(BIN)/hhalign evaluate outputs/smollm2/dpo-quick --judge outputs/smollm2/rm-quick/export
 
 BETAS := 0.05 0.5
 # after `make demo` (its DPO at beta 0.1 and its reward model): DPO at two more betas, each judged the same way
