@@ -103,6 +103,31 @@ AnyPairBatch = PairBatch | PackedPairBatch
 
 
 @dataclass
+class GroupBatch(Batch):
+    """Shared-prompt rows for K completions of each prompt: ``prompt + completion_1 + … + completion_K``,
+    right-padded, each completion's positions restarting right after the prompt (``hhalign.models.layout``).
+
+    ``input_ids``, ``attention_mask`` and ``position_ids`` are ``(P, T)``; ``prompt_lengths`` ``(P,)``;
+    ``completion_lengths`` ``(P, K)``. Sequence ``p·K + j`` is completion ``j`` of prompt ``p``: the order of
+    ``rewards.view(P, K)``.
+    """
+
+    input_ids: Tensor
+    attention_mask: Tensor
+    position_ids: Tensor
+    prompt_lengths: Tensor
+    completion_lengths: Tensor
+
+    @property
+    def group_size(self) -> int:
+        return self.completion_lengths.shape[1]
+
+    @property
+    def n_sequences(self) -> int:
+        return self.completion_lengths.numel()
+
+
+@dataclass
 class UnpairedBatch(Batch):
     """Unpaired completions (KTO): row ``i`` of ``completions`` is example ``i``'s prompt and completion,
     labelled by ``desirable`` ``(B,)`` bool; row ``i`` of ``mismatched`` is the same prompt followed by
@@ -202,3 +227,25 @@ def collate_unpaired(examples: Sequence[TokenizedCompletion], pad_token_id: int)
         return collate_sequences(ids, targets, pad_token_id)
 
     return UnpairedBatch(rows(0), rows(1), torch.tensor([e.desirable for e in examples], dtype=torch.bool))
+
+
+def collate_groups(
+    prompts: Sequence[Sequence[int]], completions: Sequence[Sequence[Sequence[int]]], pad_token_id: int
+) -> GroupBatch:
+    """One right-padded row per prompt holding the prompt once and then its K completions, the same K for
+    every prompt (see ``hhalign.models.layout``)."""
+    sizes = {len(group) for group in completions}
+    if len(prompts) != len(completions) or len(sizes) != 1:
+        raise ValueError(f"need the same number of completions for each of {len(prompts)} prompts, got {sizes}")
+    rows = [list(prompt) + [t for c in group for t in c] for prompt, group in zip(prompts, completions, strict=True)]
+    plain = collate_sequences(rows, None, pad_token_id)
+    position_ids = torch.zeros_like(plain.input_ids)
+    for i, (prompt, group) in enumerate(zip(prompts, completions, strict=True)):
+        n_p, start = len(prompt), len(prompt)
+        position_ids[i, :n_p] = torch.arange(n_p)
+        for completion in group:
+            position_ids[i, start : start + len(completion)] = torch.arange(n_p, n_p + len(completion))
+            start += len(completion)
+    lengths = torch.tensor([[len(c) for c in group] for group in completions], dtype=torch.long)
+    prompt_lengths = torch.tensor([len(p) for p in prompts])
+    return GroupBatch(plain.input_ids, plain.attention_mask, position_ids, prompt_lengths, lengths)

@@ -11,16 +11,18 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from hhalign.data.batches import PackedPairBatch, SequenceBatch
+from hhalign.data.batches import GroupBatch, PackedPairBatch, SequenceBatch
 from hhalign.losses.logps import linear_token_logps, sum_by_sequence
 from hhalign.models.layout import (
     MASK_ATTENTION,
     ScoredTokens,
+    group_attention,
     last_tokens,
     mask_for_attention,
     scored_tokens,
     shared_prompt_attention,
     unpack,
+    unpack_groups,
 )
 
 LOGIT_TRANSFORMS = ("final_logit_softcapping", "logit_scale", "logits_scaling", "lm_head_multiplier")
@@ -46,7 +48,7 @@ class ModelInputs:
     """A batch in the layout the model runs it, with the attention mask (2D, or the 4D shared-prompt mask in
     the form the attention reads) and the positions."""
 
-    batch: SequenceBatch | PackedPairBatch
+    batch: SequenceBatch | PackedPairBatch | GroupBatch
     attention_mask: Tensor
     position_ids: Tensor
 
@@ -60,15 +62,19 @@ class ModelInputs:
         }
 
 
-def model_inputs(model: nn.Module, batch: SequenceBatch | PackedPairBatch, shared_prompt: bool = True) -> ModelInputs:
-    """The batch as the model reads it. A packed batch keeps its layout when ``shared_prompt`` is on and
-    the attention takes a 4D mask, and is otherwise unpacked into plain rows on its device."""
-    if isinstance(batch, PackedPairBatch) and not (shared_prompt and takes_shared_prompt(model)):
-        batch = unpack(batch)
+def model_inputs(
+    model: nn.Module, batch: SequenceBatch | PackedPairBatch | GroupBatch, shared_prompt: bool = True
+) -> ModelInputs:
+    """The batch as the model reads it. A packed or group batch keeps its layout when ``shared_prompt`` is
+    on and the attention takes a 4D mask, and is otherwise unpacked into plain rows on its device."""
+    packed = isinstance(batch, (PackedPairBatch, GroupBatch))
+    if packed and not (shared_prompt and takes_shared_prompt(model)):
+        batch = unpack_groups(batch) if isinstance(batch, GroupBatch) else unpack(batch)
     if isinstance(batch, SequenceBatch):
         return ModelInputs(batch, batch.attention_mask, position_ids_from_mask(batch.attention_mask))
+    allowed = group_attention(batch) if isinstance(batch, GroupBatch) else shared_prompt_attention(batch)
     dtype = next(model.parameters()).dtype
-    mask = mask_for_attention(shared_prompt_attention(batch), attention_implementation(model), dtype)
+    mask = mask_for_attention(allowed, attention_implementation(model), dtype)
     return ModelInputs(batch, mask, batch.position_ids)
 
 
