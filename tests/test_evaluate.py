@@ -13,9 +13,16 @@ from torch import nn
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from hhalign.data.pairs import TokenizedPair
+from hhalign.models.generation import (
+    Completion,
+    Sampling,
+    completion_logps,
+    first_completion,
+    sample_completions,
+    sample_groups,
+)
 from hhalign.tools import estimates
 from hhalign.tools.judging import Judge, evaluate
-from hhalign.tools.sampling import Completion, Sampling, completion_logps, first_completion, sample_completions
 from tests.oracles import sequence_logps
 
 EOS = 4  # the toy vocabulary: ids 0..4, EOS = pad = 4
@@ -107,6 +114,23 @@ def test_batched_log_probs_of_sampled_completions_equal_the_unpadded_oracle():
     values = completion_logps(policy, prompts, [c.tokens for c in drawn], batch_size=3)
     expected = [exact_logp(policy, p, c.tokens) for p, c in zip(prompts, drawn, strict=True)]
     torch.testing.assert_close(torch.tensor(values).double(), torch.tensor(expected).double(), rtol=1e-5, atol=1e-5)
+
+
+def test_groups_hold_k_seeded_completions_of_each_prompt():
+    policy = toy_model(3)
+    prompts = [[0, 1], [0, 2, 3, 1, 2, 3], [0]]
+    groups = sample_groups(policy, prompts, 4, Sampling(max_new_tokens=6), EOS, EOS, seed=2, batch_size=4)
+    assert [len(g) for g in groups] == [4, 4, 4]
+    assert groups == sample_groups(policy, prompts, 4, Sampling(max_new_tokens=6), EOS, EOS, seed=2, batch_size=4)
+    assert groups != sample_groups(policy, prompts, 4, Sampling(max_new_tokens=6), EOS, EOS, seed=3, batch_size=4)
+    assert all(len({tuple(c.tokens) for c in g}) > 1 for g in groups)  # K draws, not one draw copied K times
+    for prompt, group in zip(prompts, groups, strict=True):
+        for completion in group:  # each sample is a completion of its own prompt, cut at its first EOS
+            assert EOS not in completion.tokens[:-1] and completion.finished == (completion.tokens[-1:] == [EOS])
+            values = completion_logps(policy, [prompt], [completion.tokens])
+            assert values[0] == pytest.approx(exact_logp(policy, prompt, completion.tokens), abs=1e-5)
+    with pytest.raises(ValueError, match="at least one completion"):
+        sample_groups(policy, prompts, 0, Sampling(), EOS, EOS)
 
 
 def stopping_model(model: LlamaForCausalLM, eos_logit: float) -> LlamaForCausalLM:

@@ -17,10 +17,10 @@ from lightning.pytorch.callbacks import Callback
 
 from hhalign.data.pairs import PairTokenizer, TokenizedPair
 from hhalign.errors import DataError, UserError
+from hhalign.models.generation import Sampling
 from hhalign.models.loading import load_model, load_tokenizer
 from hhalign.tools.judging import RESULTS_FILE, Evaluation, Judge, check_reward_model, choose_prompts, evaluate
 from hhalign.tools.judging import format_results as format_results
-from hhalign.tools.sampling import Sampling
 from hhalign.training.sharding import is_fsdp, model_on_one_process
 
 EVAL_DIR = "eval"

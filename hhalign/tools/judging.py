@@ -20,9 +20,9 @@ from torch import nn
 
 from hhalign.data.pairs import TokenizedPair
 from hhalign.errors import UserError
+from hhalign.models.generation import Completion, Sampling, completion_logps, sample_completions
 from hhalign.models.trained import is_checkpoint_file, read_trained_weights
 from hhalign.tools import estimates
-from hhalign.tools.sampling import Completion, Sampling, completion_logps, sample_completions
 
 RESULTS_FILE = "evaluation.json"
 SAMPLES_FILE = "samples.jsonl"

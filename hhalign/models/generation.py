@@ -1,6 +1,7 @@
 """Sampling completions from a causal LM and scoring them: the two halves of judging a policy by what it
-writes. Prompts and completions are token ids in training's format (BOS or chat template in the prompt,
-EOS ending a finished completion), so the log-probs here are those the DPO loss reads."""
+writes, and of the online objectives' steps. Prompts and completions are token ids in training's format (BOS
+or chat template in the prompt, EOS ending a finished completion), so the log-probs here are those the DPO
+loss reads."""
 
 from __future__ import annotations
 
@@ -124,6 +125,26 @@ def sample_completions(
         finally:
             model.train(was_training)
     return [c for c in out if c is not None]
+
+
+def sample_groups(
+    model: Any,
+    prompts: Sequence[Sequence[int]],
+    k: int,
+    sampling: Sampling,
+    stop_id: int,
+    pad_id: int,
+    seed: int = 0,
+    batch_size: int = 16,
+) -> list[list[Completion]]:
+    """K completions of each prompt, ``[prompt][sample]``. The K copies of a prompt have one length, so the
+    length-sorted batches keep a group together; the prefill is still computed once per copy (Hugging Face's
+    ``generate`` expands the inputs before it, also with ``num_return_sequences``)."""
+    if k < 1:
+        raise ValueError(f"need at least one completion per prompt (got {k})")
+    repeated = [prompt for prompt in prompts for _ in range(k)]
+    flat = sample_completions(model, repeated, sampling, stop_id, pad_id, seed, batch_size)
+    return [flat[i * k : (i + 1) * k] for i in range(len(prompts))]
 
 
 @torch.no_grad()
