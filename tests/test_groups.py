@@ -129,3 +129,29 @@ def test_group_gradients_and_last_states_equal_separate_rows(tiny_dir: Path, tok
     torch.testing.assert_close(group_states, plain_states, rtol=1e-5, atol=1e-5)  # a reward model reads here
     for name, grad in plain_grads.items():
         torch.testing.assert_close(group_grads[name], grad, rtol=1e-4, atol=1e-6, msg=name)
+
+
+def test_token_values_laid_out_one_sequence_per_row():
+    from hhalign.losses.logps import tokens_by_sequence
+
+    values = torch.tensor([1.0, 2.0, 3.0, 4.0, 5.0, 6.0], requires_grad=True)
+    sequences = torch.tensor([2, 0, 2, 0, 0, 3])  # sequence 1 has no token
+    rows, mask = tokens_by_sequence(values, sequences, 4)
+    assert rows.tolist() == [[2.0, 4.0, 5.0], [0.0, 0.0, 0.0], [1.0, 3.0, 0.0], [6.0, 0.0, 0.0]]
+    assert mask.tolist() == [[True, True, True], [False] * 3, [True, True, False], [True, False, False]]
+    (rows * torch.arange(1.0, 4.0)).sum().backward()  # weight = position + 1
+    assert values.grad.tolist() == [1.0, 1.0, 2.0, 2.0, 3.0, 1.0]
+
+
+def test_group_token_log_probs_sum_to_the_sequence_log_probs(tiny_dir: Path, tokenizer):
+    from hhalign.losses.logps import tokens_by_sequence
+    from hhalign.models.forward import response_states
+
+    prompts, completions = _real_groups(tokenizer)
+    model = load_model(str(tiny_dir)).eval()
+    with torch.no_grad():
+        states = response_states(model, model_inputs(model, collate_groups(prompts, completions, EOS)))
+        rows, mask = tokens_by_sequence(states.token_logps(), states.scored.sequences, states.scored.n_sequences)
+        sums, counts = states.sequence_logps()
+    torch.testing.assert_close(rows.sum(-1), sums)
+    assert mask.sum(-1).tolist() == counts.tolist() == [len(c) for group in completions for c in group]

@@ -27,6 +27,20 @@ def sum_by_sequence(token_logps: Tensor, sequences: Tensor, n_sequences: int) ->
     return logp_sum, n_tokens
 
 
+def tokens_by_sequence(token_values: Tensor, sequences: Tensor, n_sequences: int) -> tuple[Tensor, Tensor]:
+    """Per-token values ``(N,)`` laid out one sequence per row, ``(n_sequences, T)`` with T the longest
+    sequence's token count, in their order within each sequence, and the ``(n_sequences, T)`` bool mask of
+    real entries: the shape the per-token policy-gradient losses read. Differentiable in ``token_values``."""
+    counts = torch.bincount(sequences, minlength=n_sequences)
+    order = torch.sort(sequences, stable=True).indices
+    offsets = counts.cumsum(0) - counts
+    position = torch.arange(sequences.numel(), device=sequences.device) - offsets[sequences[order]]
+    width = int(counts.max()) if counts.numel() else 0
+    values = token_values.new_zeros(n_sequences, width).index_put((sequences[order], position), token_values[order])
+    mask = torch.arange(width, device=sequences.device)[None] < counts[:, None]
+    return values, mask
+
+
 def scattered_logps(token_logits: Tensor, labels: Tensor, sequences: Tensor, n_sequences: int) -> tuple[Tensor, Tensor]:
     """Sum token log-probs into their sequences from the logits of the scored positions.
 
