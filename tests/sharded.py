@@ -89,7 +89,7 @@ def fsdp_overlay(folder: Path, state_dict_type: str = "sharded", devices: int = 
     return path
 
 
-def run_cli(args: list[str], timeout: int = 240) -> subprocess.CompletedProcess:
+def run_cli(args: list[str], timeout: int = 420) -> subprocess.CompletedProcess:
     """``hhalign`` in a subprocess (and its own process group, with every rank it launches); a run still going
     after ``timeout`` seconds is a hang: the group is killed and the test fails saying so."""
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
