@@ -12,7 +12,17 @@ from __future__ import annotations
 from typing import Any
 
 __version__ = "0.1.0"
-__all__ = ["AlignmentModule", "DPOModule", "KTOModule", "PreferenceDataModule", "RewardModule", "SFTModule"]
+__all__ = [
+    "AlignmentModule",
+    "DPOModule",
+    "GRPOModule",
+    "KTOModule",
+    "OnlineDPOModule",
+    "PreferenceDataModule",
+    "RLOOModule",
+    "RewardModule",
+    "SFTModule",
+]
 
 
 def __getattr__(name: str) -> Any:

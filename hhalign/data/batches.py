@@ -128,6 +128,23 @@ class GroupBatch(Batch):
 
 
 @dataclass
+class PromptBatch(Batch):
+    """Prompts alone, as token lists (the online objectives sample their completions): nothing to pad
+    until the completions exist. ``input_ids``/``attention_mask`` are the prompts right-padded, for counts."""
+
+    input_ids: Tensor
+    attention_mask: Tensor
+    prompts: list[list[int]]
+
+
+def collate_prompts(prompts: Sequence[Any], pad_token_id: int) -> PromptBatch:
+    """A batch of ``TokenizedPrompt`` (anything with a ``prompt`` list of ids)."""
+    ids = [list(p.prompt) for p in prompts]
+    plain = collate_sequences(ids, None, pad_token_id)
+    return PromptBatch(plain.input_ids, plain.attention_mask, ids)
+
+
+@dataclass
 class UnpairedBatch(Batch):
     """Unpaired completions (KTO): row ``i`` of ``completions`` is example ``i``'s prompt and completion,
     labelled by ``desirable`` ``(B,)`` bool; row ``i`` of ``mismatched`` is the same prompt followed by

@@ -14,9 +14,17 @@ from dataclasses import dataclass
 from functools import partial
 from typing import Any, Literal
 
-from hhalign.data.batches import PaddingSide, collate_dialogues, collate_packed_pairs, collate_pairs, collate_unpaired
+from hhalign.data.batches import (
+    PaddingSide,
+    collate_dialogues,
+    collate_packed_pairs,
+    collate_pairs,
+    collate_prompts,
+    collate_unpaired,
+)
 from hhalign.data.dialogues import DialogueTokenizer, TokenizedDialogue
 from hhalign.data.pairs import PairTokenizer, TokenizedPair
+from hhalign.data.prompts import PromptTokenizer, TokenizedPrompt
 
 
 @dataclass(frozen=True)
@@ -121,7 +129,35 @@ class UnpairedExamples:
         return len(example.prompt) + len(example.completion)
 
 
-EXAMPLE_KINDS: dict[str, type] = {"pairs": PairExamples, "dialogues": DialogueExamples, "unpaired": UnpairedExamples}
+class PromptExamples:
+    """Each distinct prompt once (the online objectives), from pairs or prompt-only records; the prompt is
+    bounded by ``max_length − max_response_length``, the room kept for a completion."""
+
+    noun = "prompts"
+    example_type = TokenizedPrompt
+
+    def __init__(self, settings: ExampleSettings) -> None:
+        self.settings = settings
+
+    def tokenizer(self, tokenizer: Any, template: Any) -> Callable[[list], list[TokenizedPrompt]]:
+        return PromptTokenizer(tokenizer, self.settings.max_length, self.settings.max_response_length, template)
+
+    def collator(self, pad_token_id: int) -> Callable[[list], Any]:
+        return partial(collate_prompts, pad_token_id=pad_token_id)
+
+    def identity(self, examples: Sequence[TokenizedPrompt]) -> Iterable[tuple[list[int], ...]]:
+        return ((p.prompt,) for p in examples)
+
+    def length(self, example: TokenizedPrompt) -> int:
+        return len(example.prompt)
+
+
+EXAMPLE_KINDS: dict[str, type] = {
+    "pairs": PairExamples,
+    "dialogues": DialogueExamples,
+    "unpaired": UnpairedExamples,
+    "prompts": PromptExamples,
+}
 """Example kinds by the name an objective gives on its class."""
 
 ExampleKind = Literal[tuple(EXAMPLE_KINDS)]  # type: ignore[valid-type]

@@ -97,6 +97,10 @@ class PairTokenizer:
         """One response's ids as training sees them (end-of-turn or EOS included)."""
         return self._response(self._encode([self._response_text(prompt, response)])[0])
 
+    def encode_prompt_texts(self, prompts: list[str]) -> list[list[int]]:
+        """Prompts' ids before ``fit_prompt`` (no BOS yet, template applied), in one tokenizer call."""
+        return self._encode([self._prompt_text(p) for p in prompts])
+
     def _encode(self, texts: list[str]) -> list[list[int]]:
         return self.tokenizer(texts, add_special_tokens=False)["input_ids"] if texts else []
 
@@ -108,7 +112,9 @@ class PairTokenizer:
             return ids[: self.max_response_length]
         return ids
 
-    def _fit_prompt(self, prompt: str, ids: list[int], budget: int) -> list[int] | None:
+    def fit_prompt(self, prompt: str, ids: list[int], budget: int) -> list[int] | None:
+        """The prompt's ids with BOS within ``budget`` tokens, whole human turns cut from the left; None when
+        its last human turn alone does not fit."""
         if len(self.bos) + len(ids) <= budget:
             return self.bos + ids
         for start in (s for s in turn_starts(prompt) if s > 0):
@@ -135,7 +141,7 @@ class PairTokenizer:
             texts, prompts, chosen, rejected, margins, strict=True
         ):
             chosen_ids, rejected_ids = self._response(chosen_ids), self._response(rejected_ids)
-            prompt_ids = self._fit_prompt(
+            prompt_ids = self.fit_prompt(
                 prompt_text, prompt_ids, self.max_length - max(len(chosen_ids), len(rejected_ids))
             )
             if prompt_ids is None:
@@ -147,6 +153,9 @@ class PairTokenizer:
         return pairs
 
     def _parts(self, record: Record) -> tuple[str, str, str] | None:
+        if record.prompt is not None and not record.chosen and not record.rejected:
+            self.counts["drop:prompt_only"] += 1
+            return None
         if record.prompt is not None:
             parts: tuple[str, str, str] | None = (record.prompt, record.chosen, record.rejected)
         else:

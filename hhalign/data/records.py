@@ -1,7 +1,8 @@
 """Reading preference records from local JSONL files or Hugging Face datasets.
 
 A record is either raw hh-rlhf (``chosen`` and ``rejected`` full dialogues) or explicit-prompt
-(``prompt`` plus the two responses). Local files are read line by line so that every bad record
+(``prompt`` plus the two responses), or prompt-only (``prompt`` alone: what the online objectives
+sample from; a pair objective drops and counts it). Local files are read line by line so that every bad record
 is reported with its file and line, which ``datasets`` cannot do.
 """
 
@@ -77,12 +78,16 @@ def to_record(raw: Any, origin: str) -> Record:
     """Validate one decoded record; raise ``DataError`` naming ``origin`` when it is unusable."""
     if not isinstance(raw, dict):
         raise DataError(f"{origin}: expected a JSON object, got {type(raw).__name__}")
+    if "prompt" in raw and "chosen" not in raw and "rejected" not in raw:  # prompt-only: the online objectives'
+        if not isinstance(raw["prompt"], str):
+            raise DataError(f"{origin}: field 'prompt' must be a string, got {type(raw['prompt']).__name__}")
+        return Record("", "", raw["prompt"], origin)
     fields = ("prompt", "chosen", "rejected") if "prompt" in raw else ("chosen", "rejected")
     for key in fields:
         if key not in raw:
             raise DataError(
                 f"{origin}: missing key {key!r}; each record needs string fields 'chosen' and "
-                "'rejected' (and optionally 'prompt')"
+                "'rejected' (and optionally 'prompt'), or only 'prompt' for the online objectives"
             )
         if not isinstance(raw[key], str):
             raise DataError(f"{origin}: field {key!r} must be a string, got {type(raw[key]).__name__}")

@@ -103,13 +103,17 @@ class ScoredStates:
     head: nn.Linear | None = None
     logits: Tensor | None = None
 
-    def token_logps(self) -> Tensor:
-        """The log-prob of each scored token, ``(N,)``, float32 at least."""
+    def token_logps(self, temperature: float = 1.0) -> Tensor:
+        """The log-prob of each scored token, ``(N,)``, float32 at least; at a sampling ``temperature`` τ, of
+        the distribution the samples came from, ``softmax(logits / τ)``."""
         if self.logits is not None:
             logits = self.logits.to(torch.promote_types(self.logits.dtype, torch.float32))
-            return -F.cross_entropy(logits, self.scored.labels, reduction="none")
+            return -F.cross_entropy(logits / temperature, self.scored.labels, reduction="none")
         assert self.hidden is not None and self.head is not None
-        return linear_token_logps(self.hidden, self.head.weight, self.head.bias, self.scored.labels)
+        hidden, bias = self.hidden, self.head.bias
+        if temperature != 1.0:  # (h/τ)Wᵀ + b/τ: the head is linear
+            hidden, bias = hidden / temperature, None if bias is None else bias / temperature
+        return linear_token_logps(hidden, self.head.weight, bias, self.scored.labels)
 
     def sequence_logps(self) -> tuple[Tensor, Tensor]:
         """Summed log-probs and token counts of every scored sequence, ``(n_sequences,)`` each."""
@@ -147,6 +151,26 @@ def last_hidden(model: nn.Module, inputs: ModelInputs) -> Tensor:
     hidden = backbone(model)(**inputs.forward_args()).last_hidden_state
     rows, cols = last_tokens(inputs.batch)
     return hidden[rows, cols]
+
+
+def score_head(model: nn.Module) -> nn.Module:
+    """The linear sequence-classification head of a reward model (``score`` or ``classifier``)."""
+    model = unwrapped(model)
+    for name in ("score", "classifier"):
+        head = getattr(model, name, None)
+        if isinstance(head, nn.Module):
+            return head
+    raise TypeError(
+        f"{type(model).__name__} has no 'score' or 'classifier' head; hhalign's reward models are decoder "
+        "models whose sequence-classification head is a linear layer"
+    )
+
+
+def sequence_rewards(model: nn.Module, inputs: ModelInputs) -> Tensor:
+    """A reward model's score of every sequence of ``inputs``, read at each one's last real token (found from
+    the lengths: the library's own pooling looks for the first pad id, wrong whenever pad equals EOS),
+    ``(N,)`` float32."""
+    return score_head(model)(last_hidden(model, inputs)).squeeze(-1).float()
 
 
 def enable_gradient_checkpointing(model: nn.Module) -> None:

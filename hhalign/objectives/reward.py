@@ -9,7 +9,7 @@ from torch import Tensor, nn
 
 from hhalign.data.batches import AnyPairBatch, SequenceBatch
 from hhalign.losses.reward import bradley_terry_loss
-from hhalign.models.forward import last_hidden, model_inputs
+from hhalign.models.forward import model_inputs, score_head, sequence_rewards
 from hhalign.models.loading import load_model
 from hhalign.models.trained import REWARD_STATS_KEY
 from hhalign.objectives.base import AlignmentModule
@@ -48,15 +48,7 @@ class RewardModule(AlignmentModule):
         self.model = self.prepare_trainable(model)
 
     def score_head(self) -> nn.Module:
-        model = self.trainable_module()
-        for name in ("score", "classifier"):
-            head = getattr(model, name, None)
-            if isinstance(head, nn.Module):
-                return head
-        raise TypeError(
-            f"{type(model).__name__} has no 'score' or 'classifier' head; RewardModule supports "
-            "decoder models whose sequence-classification head is a linear layer"
-        )
+        return score_head(self.trainable_module())
 
     def rewards(self, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
         """Scalar reward of each row, ``(N,)`` float32, read at its last real token."""
@@ -66,8 +58,7 @@ class RewardModule(AlignmentModule):
         """Rewards of the sequences of a batch read at each one's last real token, ``(N,)`` float32: one per
         row of plain rows, and for pairs of either layout chosen first, ``(2B,)``."""
         model = self.trainable_module()
-        last = last_hidden(model, model_inputs(model, batch, self.hparams.shared_prompt))
-        return self.score_head()(last).squeeze(-1).float()
+        return sequence_rewards(model, model_inputs(model, batch, self.hparams.shared_prompt))
 
     def pair_outputs(self, batch: AnyPairBatch) -> PairOutputs:
         rewards = self.batch_rewards(batch)

@@ -19,9 +19,8 @@ import torch
 from torch import nn
 
 from hhalign.data.pairs import TokenizedPair
-from hhalign.errors import UserError
 from hhalign.models.generation import Completion, Sampling, completion_logps, sample_completions
-from hhalign.models.trained import is_checkpoint_file, read_trained_weights
+from hhalign.rewards.model import check_reward_model
 from hhalign.tools import estimates
 
 RESULTS_FILE = "evaluation.json"
@@ -50,23 +49,6 @@ class Judge:
         from hhalign.tools.use import rewards
 
         return rewards(self.scorer, [list(s) for s in sequences], self.batch_size, description)
-
-
-def check_reward_model(path: str) -> None:
-    """A judge must have been trained as one: a causal LM would load with a random score head."""
-    if is_checkpoint_file(path):
-        head = read_trained_weights(path).head
-    else:
-        config_file = Path(path) / "config.json"
-        if not config_file.is_file():
-            raise UserError(f"--judge {path!r}: no config.json there; give a reward model's export folder or .ckpt")
-        architectures = json.loads(config_file.read_text()).get("architectures") or []
-        head = "reward" if any(a.endswith("ForSequenceClassification") for a in architectures) else "causal_lm"
-    if head != "reward":
-        raise UserError(
-            f"--judge {path!r} is not a reward model (its head is {head}); give the export of an "
-            "`hhalign fit --config configs/…/rm.yaml` run, e.g. outputs/smollm2/rm/export"
-        )
 
 
 @dataclass

@@ -1,0 +1,18 @@
+"""Rule-based rewards the online tests train on: simple enough for the tiny model to learn in a few steps."""
+
+from __future__ import annotations
+
+
+def share_of_e(prompts: list[str], completions: list[str]) -> list[float]:
+    """The share of a completion's characters that are the letter e: a reward a policy can raise by
+    choosing tokens, checkable by eye."""
+    return [c.count("e") / max(len(c), 1) for c in completions]
+
+
+def constant(prompts: list[str], completions: list[str]) -> list[float]:
+    """Every completion scores the same: every group's advantages are zero."""
+    return [1.0] * len(completions)
+
+
+def wrong_shape(prompts: list[str], completions: list[str]) -> list[list[float]]:
+    return [[1.0, 2.0]] * len(completions)
