@@ -16,3 +16,9 @@ def constant(prompts: list[str], completions: list[str]) -> list[float]:
 
 def wrong_shape(prompts: list[str], completions: list[str]) -> list[list[float]]:
     return [[1.0, 2.0]] * len(completions)
+
+
+def has_e(prompts: list[str], completions: list[str]) -> list[float]:
+    """1 for a completion with the letter e in it, else 0: a pair either ties or says plainly which is better,
+    which is what online DPO learns from (it reads which sample won, not by how much)."""
+    return [float("e" in c) for c in completions]

@@ -4,6 +4,8 @@ function (its metrics, its reference untouched), and the bad inputs refused befo
 from __future__ import annotations
 
 import csv
+import shutil
+from pathlib import Path
 
 import pytest
 import torch
@@ -11,7 +13,7 @@ import torch
 from hhalign.data.prompts import PromptTokenizer
 from hhalign.data.records import Record, to_record
 from hhalign.errors import ConfigError
-from tests.conftest import fit_tiny, write_jsonl
+from tests.conftest import fit_tiny, tiny_fit_args, write_jsonl
 
 
 def test_each_distinct_prompt_once_bounded_to_leave_room_for_a_completion(tokenizer):
@@ -91,3 +93,143 @@ def test_a_causal_lm_as_reward_model_is_refused(tiny_dir):
 
     with pytest.raises(UserError, match="is not a reward model"):
         RewardModel.load(str(tiny_dir))
+
+
+def _online_fail(tmp_path: Path, tiny_dir: Path, *args: str) -> str:
+    """Run an RLOO fit expecting a user error: one ``hhalign: error:`` line, an earlier run left as it was."""
+    from hhalign.cli import main
+
+    earlier = tmp_path / "tiny" / "earlier" / "metrics.csv"
+    earlier.parent.mkdir(parents=True, exist_ok=True)
+    earlier.write_text("step,train/loss\n0,0.69\n")
+    data = write_jsonl(tmp_path / "prompts.jsonl", [{"prompt": f"\n\nHuman: say {i}\n\nAssistant:"} for i in range(8)])
+    with pytest.raises(SystemExit) as exited:
+        main(tiny_fit_args(tmp_path, tiny_dir, data, "configs/tiny/rloo.yaml", "--model.max_completion_length", "4",
+                           "--data.batch_size", "2", *args, steps=1, val_every=1))  # fmt: skip
+    assert earlier.read_text() == "step,train/loss\n0,0.69\n"
+    message = str(exited.value.code)
+    assert message.startswith("hhalign: error: ") and "\n" not in message.strip(), message
+    return message
+
+
+def test_a_reward_model_with_another_tokenizer_is_refused(tmp_path, tiny_dir, tiny_judge):
+    from hhalign.models.loading import load_tokenizer
+
+    other = tmp_path / "other-judge"
+    shutil.copytree(tiny_judge, other)
+    tokenizer = load_tokenizer(str(other))
+    tokenizer.add_tokens(["<|not-the-policys|>"])
+    tokenizer.save_pretrained(other)
+    message = _online_fail(tmp_path, tiny_dir, "--model.reward_model", str(other))
+    assert "uses another tokenizer than the policy" in message and str(other) in message
+
+
+def test_a_reward_function_of_the_wrong_shape_is_one_line_naming_it(tmp_path, tiny_dir):
+    message = _online_fail(
+        tmp_path, tiny_dir, "--model.reward_model", "null", "--model.reward_functions",
+        "[tests.online_rewards:wrong_shape]",
+    )  # fmt: skip
+    assert "tests.online_rewards:wrong_shape" in message and "one number per completion" in message
+
+
+def test_completions_end_at_their_first_eos_when_pad_is_eos(tiny_dir, tokenizer):
+    from hhalign.models.generation import Sampling, sample_groups
+    from hhalign.models.loading import load_model
+
+    assert tokenizer.pad_token_id == tokenizer.eos_token_id  # the tiny tokenizer pads with EOS, as SmolLM2's does
+    model = load_model(str(tiny_dir))
+    eos = tokenizer.eos_token_id
+
+    def likelier_eos(module, args, logits):  # about 1 in 8 a token, so that a batch holds both kinds of completion
+        logits[..., eos] += 6.0
+        return logits
+
+    model.lm_head.register_forward_hook(likelier_eos)
+    prompts = [tokenizer.encode(f"\n\nHuman: tell me {w}\n\nAssistant:") for w in ("a story", "why", "more")]
+    groups = sample_groups(model, prompts, 4, Sampling(12), eos, tokenizer.pad_token_id, seed=3, batch_size=12)
+    completions = [c for group in groups for c in group]
+    assert {c.finished for c in completions} == {True, False}
+    assert len({len(c.tokens) for c in completions}) > 2
+    for c in completions:
+        assert c.tokens.count(eos) == (1 if c.finished else 0)
+        assert c.finished == (c.tokens[-1] == eos)
+
+
+def test_a_mixed_length_group_batch_scores_as_each_completion_alone(tiny_dir, tiny_judge, tokenizer):
+    """Policy log-probs and reward-model scores of K completions packed behind one prompt, in a batch of
+    prompts of other lengths padded with EOS, equal those of each prompt + completion computed alone."""
+    from hhalign.data.batches import collate_groups
+    from hhalign.models.generation import completion_logps
+    from hhalign.models.loading import load_model
+    from hhalign.objectives.rloo import RLOOModule
+    from hhalign.rewards.model import RewardModel
+
+    eos = tokenizer.eos_token_id
+    prompts = [
+        tokenizer.encode("\n\nHuman: hi\n\nAssistant:"),
+        tokenizer.encode("\n\nHuman: a longer question here?\n\nAssistant:"),
+    ]
+    words = [[" yes", " no thanks", " well, maybe later"], [" sure thing, friend", " ok", " never"]]
+    completions = [[tokenizer.encode(w) + ([eos] if j != 1 else []) for j, w in enumerate(g)] for g in words]
+    module = RLOOModule(str(tiny_dir), reward_functions=["tests.online_rewards:constant"])
+    module.configure_model()
+    module.eval()
+    batch = collate_groups(prompts, completions, tokenizer.pad_token_id)
+    with torch.no_grad():
+        logps, mask = module.token_logps(module.policy, batch)
+    flat = [c for g in completions for c in g]
+    assert mask.sum(1).tolist() == [len(c) for c in flat]
+    alone = completion_logps(load_model(str(tiny_dir)), [p for p in prompts for _ in range(3)], flat, batch_size=1)
+    torch.testing.assert_close((logps * mask).sum(1), torch.tensor(alone), rtol=1e-5, atol=1e-5)
+
+    judge = RewardModel.load(str(tiny_judge))
+    packed = judge.score_groups(prompts, completions)
+    one_at_a_time = torch.cat([judge.score([p + c]) for p, g in zip(prompts, completions, strict=True) for c in g])
+    torch.testing.assert_close(packed.flatten(), one_at_a_time, rtol=1e-5, atol=1e-5)
+
+
+def _held_out_reward(module, prompts: list[list[int]]) -> float:
+    """The policy's mean reward on one sample of each held-out prompt, from the same seed every time."""
+    module.eval()
+    reward = module.rollout(prompts, 1, seed=12345).rewards.mean().item()
+    module.train()
+    return reward
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("objective", "options", "prompts_per_step"),
+    [("RLOOModule", {"num_generations": 4, "beta": 0.01}, 8), ("OnlineDPOModule", {"beta": 0.1}, 32)],
+)
+def test_online_training_raises_a_learnable_reward_on_held_out_prompts(tiny_dir, tokenizer, objective, options,
+                                                                       prompts_per_step):  # fmt: skip
+    """The share of the letter e in four-token completions: what the policy writes decides it, so steps on the
+    policy's own samples must raise it on prompts it never trained on; the reference must not move."""
+    import hhalign
+
+    topics = ["cats", "dogs", "rain", "tea", "maps", "jazz", "bread", "stars"]
+    texts = [f"\n\nHuman: tell me about {t} number {i}\n\nAssistant:" for i in range(12) for t in topics]
+    prompts = [tokenizer.encode(t) for t in texts]
+    train, held_out = prompts[:64], prompts[64:]
+    module = getattr(hhalign, objective)(
+        str(tiny_dir), reward_functions=["tests.online_rewards:share_of_e"], max_completion_length=4, **options
+    )
+    module.configure_model()
+    reference = {k: v.clone() for k, v in module.ref.state_dict().items()}
+    optimizer = torch.optim.AdamW(module.policy.parameters(), lr=3e-3)
+    before = _held_out_reward(module, held_out)
+    order = torch.Generator().manual_seed(0)
+    train_rewards = []
+    for step in range(30):
+        picked = torch.randperm(len(train), generator=order)[:prompts_per_step].tolist()
+        rollout = module.rollout([train[i] for i in picked], module.hparams.num_generations, seed=step)
+        out = module.rollout_outputs(rollout)
+        optimizer.zero_grad()
+        out.loss.backward()
+        optimizer.step()
+        train_rewards.append(rollout.rewards.mean().item())
+    after = _held_out_reward(module, held_out)
+    assert after > before + 0.02, (before, after)
+    assert sum(train_rewards[-5:]) > sum(train_rewards[:5]) + 5 * 0.02, train_rewards
+    assert all(torch.equal(reference[k], v) for k, v in module.ref.state_dict().items())
+    assert not module.ref.training and not any(p.requires_grad for p in module.ref.parameters())

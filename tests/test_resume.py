@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import json
 import os
 import signal
 import subprocess
@@ -14,7 +15,9 @@ import pytest
 from tests.conftest import REPO, tiny_fit_args
 
 
-def _run(tmp_path: Path, tiny_dir: Path, data: Path, trial: str, *extra: str) -> subprocess.CompletedProcess:
+def _run(
+    tmp_path: Path, tiny_dir: Path, data: Path, trial: str, *extra: str, config: str = "configs/tiny/dpo.yaml"
+) -> subprocess.CompletedProcess:
     checkpoint_every_2 = (
         "--trainer.callbacks+=lightning.pytorch.callbacks.ModelCheckpoint",
         "--trainer.callbacks.every_n_train_steps",
@@ -26,7 +29,7 @@ def _run(tmp_path: Path, tiny_dir: Path, data: Path, trial: str, *extra: str) ->
         tmp_path,
         tiny_dir,
         data,
-        "configs/tiny/dpo.yaml",
+        config,
         *checkpoint_every_2,
         *extra,
         trial=trial,
@@ -107,3 +110,48 @@ def test_signal_writes_a_checkpoint_at_the_current_step(
     resumed = _run(root, tiny_dir, data, signal_name.lower(), "--ckpt_path", "last")
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     _assert_same_steps(root / "tiny" / signal_name.lower(), root / "tiny" / "whole")
+
+
+ONLINE = (
+    "--model.reward_model", "null", "--model.reward_functions", "[tests.online_rewards:share_of_e]",
+    "--model.max_completion_length", "6", "--data.batch_size", "2", "--model.log_samples_every_n_steps", "1",
+)  # fmt: skip
+
+
+def _samples_by_step(run_dir: Path) -> dict[int, list[dict]]:
+    """The samples logged at each step; a step re-run after a resume logs again, and its last rows count."""
+    by_step: dict[int, list[dict]] = {}
+    for line in (run_dir / "samples.jsonl").read_text().splitlines():
+        row = json.loads(line)
+        if row["prompt_index"] == 0 and row["sample"] == 0:
+            by_step[row["step"]] = []
+        by_step[row["step"]].append(row)
+    return by_step
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("signal_name", ["SIGKILL", "SIGTERM"])
+def test_online_run_stopped_then_resumed_draws_the_same_samples_and_losses(
+    tmp_path: Path, tiny_dir: Path, signal_name: str
+):
+    """RLOO samples at every step: a resumed run must draw what the uninterrupted one drew, step for step."""
+    from tests.conftest import write_jsonl
+
+    prompts = [{"prompt": f"\n\nHuman: tell me about {w}\n\nAssistant:"} for w in "abcdefghijklmnop"]
+    data = write_jsonl(tmp_path / "prompts.jsonl", prompts)
+    online = {"config": "configs/tiny/rloo.yaml"}
+    whole = _run(tmp_path, tiny_dir, data, "whole", *ONLINE, **online)
+    assert whole.returncode == 0, whole.stderr[-3000:]
+    kill = ("--trainer.callbacks+=tests.faults.KillAtStep", "--trainer.callbacks.step", "3")
+    stopped = _run(tmp_path, tiny_dir, data, "stopped", *ONLINE, *kill, "--trainer.callbacks.signal_name", signal_name,
+                   **online)  # fmt: skip
+    expected_rc = -signal.SIGKILL if signal_name == "SIGKILL" else 128 + signal.SIGTERM
+    assert stopped.returncode == expected_rc, stopped.stderr[-3000:]
+    resumed = _run(tmp_path, tiny_dir, data, "stopped", *ONLINE, "--ckpt_path", "last", **online)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    expected, got = _train_rows(tmp_path / "tiny" / "whole"), _train_rows(tmp_path / "tiny" / "stopped")
+    assert sorted(got) == sorted(expected) == list(range(8))
+    for step in range(8):
+        for name in ("train/loss", "train/reward", "train/kl_k1"):
+            assert float(got[step][name]) == pytest.approx(float(expected[step][name]), abs=1e-6), (step, name)
+    assert _samples_by_step(tmp_path / "tiny" / "stopped") == _samples_by_step(tmp_path / "tiny" / "whole")
