@@ -115,3 +115,46 @@ def test_ddp_resume_mid_epoch_continues_with_the_same_batches(tmp_path: Path, ti
     assert sorted(got) == sorted(expected) == [0, 1, 2, 3]
     for step in range(4):
         assert got[step] == pytest.approx(expected[step], abs=1e-6), step
+
+
+@pytest.mark.slow
+def test_ddp_online_ranks_sample_disjoint_prompts_whole_groups_and_sync_metrics(tmp_path: Path, tiny_dir: Path):
+    """RLOO over 2 processes: at each step the ranks draw other prompts, each rank samples all K completions of
+    its prompts, and the logged validation reward is the mean over both ranks' samples."""
+    from tests.conftest import write_jsonl
+
+    data = write_jsonl(
+        tmp_path / "prompts.jsonl", [{"prompt": f"\n\nHuman: tell me {i}\n\nAssistant:"} for i in range(16)]
+    )
+    probe = tmp_path / "probe"
+    command = tiny_args(
+        "fit", "configs/tiny/rloo.yaml", tiny_dir, data, tmp_path, "--trial_name", "online-ddp",
+        "--model.reward_model", "null", "--model.reward_functions", "[tests.online_rewards:share_of_e]",
+        "--model.max_completion_length", "4", "--data.batch_size", "2", "--data.val_batch_size", "2",
+        "--trainer.strategy", "ddp", "--trainer.devices", "2", "--trainer.max_steps", "2",
+        "--trainer.val_check_interval", "2", "--trainer.callbacks+=tests.probes.RecordRollouts",
+        f"--trainer.callbacks.out={probe}",
+    )  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+    fit = subprocess.run(
+        [sys.executable, "-m", "hhalign.cli", *command], cwd=REPO, env=env, capture_output=True, text=True, timeout=600
+    )
+    assert fit.returncode == 0, fit.stderr[-3000:]
+    ranks = [
+        [json.loads(line) for line in (probe / f"rollouts-rank{r}.jsonl").read_text().splitlines()] for r in (0, 1)
+    ]
+    for step in (0, 1):
+        drawn = [[tuple(p) for row in rows if row["training"] and row["step"] == step for p in row["prompts"]]
+                 for rows in ranks]  # fmt: skip
+        assert len(drawn[0]) == len(drawn[1]) == 2 and not set(drawn[0]) & set(drawn[1]), step
+    for rows in ranks:
+        for row in rows:
+            k = 4 if row["training"] else 1
+            assert [len(r) for r in row["rewards"]] == [k] * len(row["prompts"])
+    validated = [row for rows in ranks for row in rows if not row["training"]]
+    held_out = [tuple(p) for row in validated for p in row["prompts"]]
+    assert len(held_out) == len(set(held_out)) == 4  # 16 prompts, a quarter held out, each once over both ranks
+    rewards = [r for row in validated for group in row["rewards"] for r in group]
+    with open(tmp_path / "tiny" / "online-ddp" / "metrics.csv") as handle:
+        logged = [float(r["val/reward"]) for r in csv.DictReader(handle) if r.get("val/reward")]
+    assert logged == pytest.approx([sum(rewards) / len(rewards)], abs=1e-6)

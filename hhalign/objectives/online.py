@@ -275,7 +275,10 @@ class OnlineModule(PolicyModule):
         """A few prompts' completions and rewards, appended to ``samples.jsonl`` (rank 0, every N steps)."""
         every = self.hparams.log_samples_every_n_steps
         trainer = self._trainer
-        if not every or step % every or trainer is None or not trainer.is_global_zero or trainer.log_dir is None:
+        if not every or step % every or trainer is None:
+            return
+        log_dir = trainer.log_dir  # a collective under DDP: every rank asks, rank 0 writes
+        if log_dir is None or not trainer.is_global_zero:
             return
         rows = []
         for p in range(min(2, len(rollout.prompts))):
@@ -286,7 +289,7 @@ class OnlineModule(PolicyModule):
                 row["reward"] = float(rollout.rewards[p, j])
                 row.update({f"reward_{n}": float(v[p, j]) for n, v in rollout.terms.items()})
                 rows.append(row)
-        path = Path(trainer.log_dir) / SAMPLES_FILE
+        path = Path(log_dir) / SAMPLES_FILE
         path.parent.mkdir(parents=True, exist_ok=True)
         with path.open("a") as handle:
             handle.writelines(json.dumps(row) + "\n" for row in rows)

@@ -1,0 +1,32 @@
+"""Test-only callbacks that record what a run did from inside it, one file per process."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from lightning.pytorch.callbacks import Callback
+
+
+class RecordRollouts(Callback):
+    """Append each rollout an online objective draws (its step, whether training, prompts and rewards) to
+    ``<out>/rollouts-rank<r>.jsonl``."""
+
+    def __init__(self, out: str) -> None:
+        self.out = Path(out)
+
+    def setup(self, trainer: Any, pl_module: Any, stage: str) -> None:
+        self.out.mkdir(parents=True, exist_ok=True)
+        path = self.out / f"rollouts-rank{trainer.global_rank}.jsonl"
+        original = pl_module.rollout
+
+        def recorded(prompts: list[list[int]], k: int, seed: int) -> Any:
+            rollout = original(prompts, k, seed)
+            row = {"step": trainer.global_step, "training": pl_module.training, "prompts": prompts}
+            row["rewards"] = rollout.rewards.tolist()
+            with path.open("a") as handle:
+                handle.write(json.dumps(row) + "\n")
+            return rollout
+
+        pl_module.rollout = recorded
