@@ -7,7 +7,7 @@ SMOLLM2 := artifacts/smollm2-135m-instruct
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: help install model demo demo-quick frontier demo-tiny test test-fast bench lint format clean
+.PHONY: help install model demo demo-quick rl frontier demo-tiny test test-fast bench lint format clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "} {printf "  %-10s %s\n", $$1, $$2}'
@@ -47,6 +47,16 @@ demo-quick: $(SMOLLM2)/model.safetensors  ## the demo's mechanics in about 10 mi
 	$(BIN)/hhalign fit --config configs/smollm2/rm.yaml $(QUICK_RM) --overwrite true
 	$(BIN)/hhalign summary outputs/smollm2/dpo-quick outputs/smollm2/rm-quick
 	$(BIN)/hhalign evaluate outputs/smollm2/dpo-quick --judge outputs/smollm2/rm-quick/export
+
+# after `make demo` (its reward model is the reward): RLOO and online DPO on the policy's own samples, each judged
+# by generation as the demo's DPO is
+rl: $(SMOLLM2)/model.safetensors  ## RLOO and online DPO rewarded by the demo's RM, each evaluated (after make demo)
+	@test -f outputs/smollm2/rm/export/config.json \
+		|| { echo "run 'make demo' first: the online runs are rewarded by its reward model"; exit 1; }
+	$(BIN)/hhalign fit --config configs/smollm2/rloo.yaml --overwrite true
+	$(BIN)/hhalign evaluate outputs/smollm2/rloo --judge outputs/smollm2/rm/export
+	$(BIN)/hhalign fit --config configs/smollm2/online-dpo.yaml --overwrite true
+	$(BIN)/hhalign evaluate outputs/smollm2/online-dpo --judge outputs/smollm2/rm/export
 
 BETAS := 0.05 0.5
 # after `make demo` (its DPO at beta 0.1 and its reward model): DPO at two more betas, each judged the same way
