@@ -233,3 +233,46 @@ def test_online_training_raises_a_learnable_reward_on_held_out_prompts(tiny_dir,
     assert sum(train_rewards[-5:]) > sum(train_rewards[:5]) + 5 * 0.02, train_rewards
     assert all(torch.equal(reference[k], v) for k, v in module.ref.state_dict().items())
     assert not module.ref.training and not any(p.requires_grad for p in module.ref.parameters())
+
+
+def test_a_group_shares_its_prompts_prefill_and_draws_what_plain_copies_draw(tiny_dir, tokenizer):
+    """The prefill computed once per prompt and its cache repeated K times gives, from the same seed, the very
+    completions that K left-padded copies of each prompt give (prompts of several lengths, pad == EOS)."""
+    from hhalign.models.generation import Sampling, sample_completions, sample_groups
+    from hhalign.models.loading import load_model
+
+    model = load_model(str(tiny_dir))
+    texts = ["hi", "tell me a long story about the sea and its ships", "why?", "what is the best tea to drink"]
+    prompts = [tokenizer.encode(f"\n\nHuman: {t}\n\nAssistant:") for t in texts]
+    assert len({len(p) for p in prompts}) > 2
+    eos, pad, k = tokenizer.eos_token_id, tokenizer.pad_token_id, 4
+    groups = sample_groups(model, prompts, k, Sampling(10), eos, pad, seed=5, batch_size=8)
+    copies = sample_completions(model, [p for p in prompts for _ in range(k)], Sampling(10), eos, pad, 5, 8)
+    assert groups == [copies[i * k : (i + 1) * k] for i in range(len(prompts))]
+    assert len({tuple(c.tokens) for g in groups for c in g}) > len(prompts)  # the K samples of a prompt differ
+
+
+def test_the_shared_prefill_cache_gives_the_logits_of_the_whole_prompt(tiny_dir, tokenizer):
+    """The next-token logits read through the repeated cache equal a plain forward of each left-padded prompt,
+    for every one of its K copies: the samples above are the same because the distributions are."""
+    from hhalign.data.batches import collate_sequences
+    from hhalign.models.generation import _shared_prefill
+    from hhalign.models.loading import load_model
+
+    model = load_model(str(tiny_dir)).eval()
+    prompts = [
+        tokenizer.encode(t) for t in ("\n\nHuman: hi\n\nAssistant:", "\n\nHuman: a much longer one?\n\nAssistant:")
+    ]
+    batch = collate_sequences(prompts, None, tokenizer.pad_token_id, padding_side="left")
+    ids, mask, k = batch.input_ids, batch.attention_mask, 3
+    positions = (mask.cumsum(-1) - 1).clamp(min=0)
+    with torch.no_grad():
+        cache = _shared_prefill(model, ids, mask, k)
+        last = model(
+            input_ids=ids[:, -1:].repeat_interleave(k, 0),
+            attention_mask=mask.repeat_interleave(k, 0),
+            position_ids=positions[:, -1:].repeat_interleave(k, 0),
+            past_key_values=cache,
+        ).logits[:, -1]
+        whole = model(input_ids=ids, attention_mask=mask, position_ids=positions).logits[:, -1]
+    torch.testing.assert_close(last, whole.repeat_interleave(k, 0), rtol=1e-5, atol=1e-5)

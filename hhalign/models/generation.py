@@ -12,7 +12,7 @@ from typing import Any
 
 import torch
 from tqdm.auto import tqdm
-from transformers import GenerationConfig
+from transformers import DynamicCache, GenerationConfig
 
 from hhalign.data.batches import collate_sequences
 from hhalign.models.forward import model_inputs, response_logps
@@ -127,6 +127,7 @@ def sample_completions(
     return [c for c in out if c is not None]
 
 
+@torch.no_grad()
 def sample_groups(
     model: Any,
     prompts: Sequence[Sequence[int]],
@@ -137,14 +138,47 @@ def sample_groups(
     seed: int = 0,
     batch_size: int = 16,
 ) -> list[list[Completion]]:
-    """K completions of each prompt, ``[prompt][sample]``. The K copies of a prompt have one length, so the
-    length-sorted batches keep a group together; the prefill is still computed once per copy (Hugging Face's
-    ``generate`` expands the inputs before it, also with ``num_return_sequences``)."""
+    """K completions of each prompt, ``[prompt][sample]``. Each prompt's prefill is computed once and its
+    key/value cache repeated for its K samples (Hugging Face's ``generate`` would prefill every copy, also with
+    ``num_return_sequences``); the draws are those of K plain copies, the same tokens from the same seed."""
     if k < 1:
         raise ValueError(f"need at least one completion per prompt (got {k})")
-    repeated = [prompt for prompt in prompts for _ in range(k)]
-    flat = sample_completions(model, repeated, sampling, stop_id, pad_id, seed, batch_size)
-    return [flat[i * k : (i + 1) * k] for i in range(len(prompts))]
+    device = next(model.parameters()).device
+    config = sampling.config(stop_id, pad_id)
+    out: list[list[Completion]] = [[] for _ in prompts]
+    was_training = model.training
+    model.eval()
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []), plain_generation(model):
+        torch.manual_seed(seed)
+        try:
+            for rows in _length_sorted(prompts, max(1, batch_size // k)):
+                batch = collate_sequences([prompts[i] for i in rows], None, pad_id, padding_side="left").to(device)
+                ids, mask = batch.input_ids, batch.attention_mask
+                cache = _shared_prefill(model, ids, mask, k)
+                generated = model.generate(
+                    input_ids=ids.repeat_interleave(k, 0),
+                    attention_mask=mask.repeat_interleave(k, 0),
+                    generation_config=config,
+                    **({} if cache is None else {"past_key_values": cache}),
+                )
+                new = generated[:, ids.shape[1] :].tolist()
+                for n, i in enumerate(rows):
+                    out[i] = [first_completion(row, stop_id) for row in new[n * k : (n + 1) * k]]
+        finally:
+            model.train(was_training)
+    return out
+
+
+def _shared_prefill(model: Any, ids: torch.Tensor, mask: torch.Tensor, k: int) -> Any:
+    """The cache of every prompt token but the last (``generate`` computes that one), computed once per prompt
+    and repeated K times; positions count real tokens only, as ``generate`` counts them under left padding."""
+    if k == 1 or ids.shape[1] < 2:
+        return None
+    cache = DynamicCache(config=model.config)
+    positions = (mask.cumsum(-1) - 1).clamp(min=0)
+    model(input_ids=ids[:, :-1], attention_mask=mask[:, :-1], position_ids=positions[:, :-1], past_key_values=cache)
+    cache.batch_repeat_interleave(k)
+    return cache
 
 
 @torch.no_grad()
