@@ -128,7 +128,10 @@ def test_group_gradients_and_last_states_equal_separate_rows(tiny_dir: Path, tok
     torch.testing.assert_close(group_logps, plain_logps, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(group_states, plain_states, rtol=1e-5, atol=1e-5)  # a reward model reads here
     for name, grad in plain_grads.items():
-        torch.testing.assert_close(group_grads[name], grad, rtol=1e-4, atol=1e-6, msg=name)
+        # summed in another order (the prompt once, not K times): float noise scales with the tensor's largest
+        # gradient (one embedding entry of 0.0057 was 4e-6 off beside entries of 10.5 on one machine)
+        scale = max(1.0, grad.abs().max().item())
+        torch.testing.assert_close(group_grads[name], grad, rtol=1e-4, atol=1e-6 * scale, msg=name)
 
 
 def test_token_values_laid_out_one_sequence_per_row():

@@ -130,11 +130,9 @@ def _samples_by_step(run_dir: Path) -> dict[int, list[dict]]:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("signal_name", ["SIGKILL", "SIGTERM"])
-def test_online_run_stopped_then_resumed_draws_the_same_samples_and_losses(
-    tmp_path: Path, tiny_dir: Path, signal_name: str
-):
-    """RLOO samples at every step: a resumed run must draw what the uninterrupted one drew, step for step."""
+def test_online_run_killed_then_resumed_draws_the_same_samples_and_losses(tmp_path: Path, tiny_dir: Path):
+    """RLOO samples at every step: a resumed run must draw what the uninterrupted one drew, step for step. (A
+    SIGTERM's checkpoint is the preemption callback's, the same for every objective: tested above.)"""
     from tests.conftest import write_jsonl
 
     prompts = [{"prompt": f"\n\nHuman: tell me about {w}\n\nAssistant:"} for w in "abcdefghijklmnop"]
@@ -143,10 +141,8 @@ def test_online_run_stopped_then_resumed_draws_the_same_samples_and_losses(
     whole = _run(tmp_path, tiny_dir, data, "whole", *ONLINE, **online)
     assert whole.returncode == 0, whole.stderr[-3000:]
     kill = ("--trainer.callbacks+=tests.faults.KillAtStep", "--trainer.callbacks.step", "3")
-    stopped = _run(tmp_path, tiny_dir, data, "stopped", *ONLINE, *kill, "--trainer.callbacks.signal_name", signal_name,
-                   **online)  # fmt: skip
-    expected_rc = -signal.SIGKILL if signal_name == "SIGKILL" else 128 + signal.SIGTERM
-    assert stopped.returncode == expected_rc, stopped.stderr[-3000:]
+    stopped = _run(tmp_path, tiny_dir, data, "stopped", *ONLINE, *kill, **online)
+    assert stopped.returncode == -signal.SIGKILL, stopped.stderr[-3000:]
     resumed = _run(tmp_path, tiny_dir, data, "stopped", *ONLINE, "--ckpt_path", "last", **online)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     expected, got = _train_rows(tmp_path / "tiny" / "whole"), _train_rows(tmp_path / "tiny" / "stopped")
