@@ -4,6 +4,7 @@ function (its metrics, its reference untouched), and the bad inputs refused befo
 from __future__ import annotations
 
 import csv
+import json
 import shutil
 from pathlib import Path
 
@@ -276,3 +277,22 @@ def test_the_shared_prefill_cache_gives_the_logits_of_the_whole_prompt(tiny_dir,
         ).logits[:, -1]
         whole = model(input_ids=ids, attention_mask=mask, position_ids=positions).logits[:, -1]
     torch.testing.assert_close(last, whole.repeat_interleave(k, 0), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.slow
+def test_samples_go_to_a_wandb_table_when_wandb_is_on(tmp_path, tiny_dir, monkeypatch):
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    data = write_jsonl(tmp_path / "prompts.jsonl", [{"prompt": f"\n\nHuman: say {i}\n\nAssistant:"} for i in range(8)])
+    run = fit_tiny(
+        tmp_path, tiny_dir, data, "configs/tiny/rloo.yaml", "--wandb_mode", "offline",
+        "--model.reward_model", "null", "--model.reward_functions", "[tests.online_rewards:share_of_e]",
+        "--model.max_completion_length", "4", "--data.batch_size", "2", "--model.log_samples_every_n_steps", "1",
+        steps=1, val_every=1,
+    )  # fmt: skip
+    tables = list((run / "wandb").rglob("samples_*.table.json"))
+    assert tables, sorted(p.name for p in (run / "wandb").rglob("*"))[:40]
+    table = json.loads(tables[0].read_text())
+    logged = [json.loads(line) for line in (run / "samples.jsonl").read_text().splitlines()]
+    assert "completion" in table["columns"] and len(table["data"]) == len(logged) == 2 * 4
+    column = table["columns"].index("completion")
+    assert [row[column] for row in table["data"]] == [row["completion"] for row in logged]

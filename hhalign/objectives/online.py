@@ -15,6 +15,7 @@ from typing import Any
 
 import torch
 from jsonargparse.typing import NonNegativeFloat, NonNegativeInt, PositiveFloat, PositiveInt
+from lightning.pytorch.loggers import WandbLogger
 from torch import Tensor
 
 from hhalign.data.batches import GroupBatch, PromptBatch, collate_groups
@@ -293,3 +294,7 @@ class OnlineModule(PolicyModule):
         path.parent.mkdir(parents=True, exist_ok=True)
         with path.open("a") as handle:
             handle.writelines(json.dumps(row) + "\n" for row in rows)
+        columns = list(rows[0]) if rows else []
+        for logger in trainer.loggers:
+            if isinstance(logger, WandbLogger):  # the same rows as a table beside the curves
+                logger.log_table("samples", columns=columns, data=[[r.get(c) for c in columns] for r in rows])
