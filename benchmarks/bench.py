@@ -228,13 +228,16 @@ def ratios(rows: list[dict]) -> list[str]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--models", nargs="+", default=["tiny", "small"], choices=["tiny", "small", *REAL_SHAPES])
-    parser.add_argument("--tasks", nargs="+", default=["dpo", "rm"], choices=["dpo", "rm"])
+    parser.add_argument("--tasks", nargs="+", default=["dpo", "rm"], choices=["dpo", "rm", "online"])
+    parser.add_argument("--online-prompts", type=int, default=4, help="online: prompts a step")
+    parser.add_argument("--online-k", type=int, default=4, help="online: completions per prompt")
+    parser.add_argument("--online-new-tokens", type=int, default=64, help="online: tokens per completion")
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--max-length", type=int, default=512)
     parser.add_argument("--steps", type=int, default=8, help="timed steps per run")
     parser.add_argument("--warmup", type=int, default=2, help="untimed steps before them")
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--peer", choices=["trl"], help="also run TRL's DPOTrainer on the same work")
+    parser.add_argument("--peer", choices=["trl"], help="also run TRL (DPOTrainer, RLOOTrainer) on the same work")
     parser.add_argument("--ablation", action="store_true", help="also run hhalign without packing and grouping")
     parser.add_argument("--lora", action="store_true", help="also run hhalign DPO with LoRA (rank 8) adapters")
     parser.add_argument("--variants", nargs="*", default=[], choices=list(VARIANTS), help="also run these switches")
@@ -257,6 +260,13 @@ def main() -> None:
                 make_real_shape(models[size], size)
             else:
                 make_tiny(str(models[size]), size=size, data=str(SHIPPED))
+    online_lines = []
+    if "online" in args.tasks:
+        from online import run_online
+
+        online_lines = run_online(args, models, work, run_worker, trl_python)
+        args.tasks = [t for t in args.tasks if t != "online"]
+    for size in args.models if args.tasks else []:
         sums[size] = write_work(models[size], n_pairs + 1, args.max_length, work / f"pairs-{size}.jsonl")
     common = ["--batch-size", str(args.batch_size), "--max-length", str(args.max_length)]
     common += ["--steps", str(args.steps), "--warmup", str(args.warmup)]
@@ -281,9 +291,11 @@ def main() -> None:
                 rate = result.pairs / result.seconds
                 tag = f"[{repeat + 1}/{args.repeats}] {tool:7s} {task} {size:5s} {settings}"
                 print(f"{tag}: {rate:.2f} pairs/s, {result.peak_rss_mb:.0f} MB", flush=True)
-    rows = summarize(results, ceiling)
-    print("\n" + markdown(rows) + "\n")
-    print("\n".join(ratios(rows)))
+    rows = summarize(results, ceiling) if results else []
+    if rows:
+        print("\n" + markdown(rows) + "\n")
+        print("\n".join(ratios(rows)))
+    print("\n".join(online_lines))
     for size, s in sums.items():
         saving = 1 - s["packed_tokens"] / s["plain_tokens"]
         print(
@@ -296,7 +308,8 @@ def main() -> None:
         "ceiling_flops": ceiling,
         "threads": torch.get_num_threads(),
         "rows": rows,
-        "ratios": ratios(rows),
+        "ratios": ratios(rows) if rows else [],
+        "online": online_lines,
         "token_sums": sums,
         "runs": [r.__dict__ for r in results],
     }

@@ -118,7 +118,8 @@ class OnlineModule(PolicyModule):
         self.rewards: Rewards | None = None  # loaded with the models, kept out of the module tree and checkpoints
         self.tokenizer: Any = None
         self._step_started = 0.0
-        self._sampling_seconds = 0.0
+        self.last_rollout_seconds: dict[str, float] = {}
+        """Sampling and scoring seconds of the last training step's rollout (read by the benchmark too)."""
 
     def check_options(self, num_generations: int) -> None:
         """Refuse settings the objective cannot use, before any model loads."""
@@ -234,7 +235,7 @@ class OnlineModule(PolicyModule):
             return self.evaluation_outputs(batch)
         step = self.trainer.global_step if self._trainer is not None else 0
         rollout = self.rollout(batch.prompts, self.hparams.num_generations, self.draw_seed(step))
-        self._sampling_seconds = rollout.seconds["sampling"]
+        self.last_rollout_seconds = dict(rollout.seconds)
         out = self.rollout_outputs(rollout)
         out.metrics["sampling_seconds"] = (torch.tensor([rollout.seconds["sampling"]]), None)
         out.metrics["scoring_seconds"] = (torch.tensor([rollout.seconds["scoring"]]), None)
@@ -270,7 +271,8 @@ class OnlineModule(PolicyModule):
         super().on_train_batch_end(outputs, batch, batch_idx)
         seconds = time.perf_counter() - self._step_started
         if seconds > 0:
-            self.log("train/sampling_share", self._sampling_seconds / seconds, on_step=True, on_epoch=False)
+            sampling = self.last_rollout_seconds.get("sampling", 0.0)
+            self.log("train/sampling_share", sampling / seconds, on_step=True, on_epoch=False)
 
     def _log_samples(self, rollout: Rollout, step: int) -> None:
         """A few prompts' completions and rewards, appended to ``samples.jsonl`` (rank 0, every N steps)."""
