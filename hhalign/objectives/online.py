@@ -7,15 +7,12 @@ samples the uninterrupted one drew: the only state it needs is the global step, 
 
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import torch
 from jsonargparse.typing import NonNegativeFloat, NonNegativeInt, PositiveFloat, PositiveInt
-from lightning.pytorch.loggers import WandbLogger
 from torch import Tensor
 
 from hhalign.data.batches import GroupBatch, PromptBatch, collate_groups
@@ -27,12 +24,12 @@ from hhalign.models.generation import Completion, Sampling, sample_groups
 from hhalign.models.loading import load_tokenizer
 from hhalign.objectives.outputs import StepOutputs
 from hhalign.objectives.reference import PolicyModule
+from hhalign.objectives.sample_log import sample_rows, write_samples
 from hhalign.rewards.functions import load_reward_function
 from hhalign.rewards.model import RewardModel, check_same_tokenizer
 from hhalign.rewards.terms import Rewards
 from hhalign.training.sharding import is_fsdp
 
-SAMPLES_FILE = "samples.jsonl"
 VALIDATION_SEED_OFFSET = 1 << 40
 """Validation draws from seeds of their own, the same at every validation, so its curve compares like with like."""
 
@@ -275,28 +272,6 @@ class OnlineModule(PolicyModule):
             self.log("train/sampling_share", sampling / seconds, on_step=True, on_epoch=False)
 
     def _log_samples(self, rollout: Rollout, step: int) -> None:
-        """A few prompts' completions and rewards, appended to ``samples.jsonl`` (rank 0, every N steps)."""
-        every = self.hparams.log_samples_every_n_steps
-        trainer = self._trainer
-        if not every or step % every or trainer is None:
-            return
-        log_dir = trainer.log_dir  # a collective under DDP: every rank asks, rank 0 writes
-        if log_dir is None or not trainer.is_global_zero:
-            return
-        rows = []
-        for p in range(min(2, len(rollout.prompts))):
-            for j, completion in enumerate(rollout.completions[p]):
-                row = {"step": step, "prompt_index": p, "sample": j, "prompt": self.decode(rollout.prompts[p])}
-                row["completion"] = self.decode(completion.tokens)
-                row["finished"] = completion.finished
-                row["reward"] = float(rollout.rewards[p, j])
-                row.update({f"reward_{n}": float(v[p, j]) for n, v in rollout.terms.items()})
-                rows.append(row)
-        path = Path(log_dir) / SAMPLES_FILE
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with path.open("a") as handle:
-            handle.writelines(json.dumps(row) + "\n" for row in rows)
-        columns = list(rows[0]) if rows else []
-        for logger in trainer.loggers:
-            if isinstance(logger, WandbLogger):  # the same rows as a table beside the curves
-                logger.log_table("samples", columns=columns, data=[[r.get(c) for c in columns] for r in rows])
+        every, trainer = self.hparams.log_samples_every_n_steps, self._trainer
+        if every and not step % every and trainer is not None:
+            write_samples(trainer, sample_rows(rollout, self.decode, step))
