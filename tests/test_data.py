@@ -209,3 +209,21 @@ def test_validation_batches_come_in_a_multiple_of_the_processes(n: int, size: in
     assert sorted(i for b in batches for i in b) == list(range(n))
     sizes = [len(b) for b in batches]
     assert max(sizes) - min(sizes) <= 1 and max(sizes) <= max(size, -(-n // len(batches)))
+
+
+def test_skipped_batches_train_on_pairs_the_earlier_run_never_saw(tiny_dir: Path, small_jsonl: Path):
+    from hhalign.errors import ConfigError
+
+    settings = {"max_length": 256, "valid_fraction": 0.25, "batch_size": 4, "group_by_length": True}
+    first, second = (
+        _module(small_jsonl, tiny_dir, **settings),
+        _module(small_jsonl, tiny_dir, skip_train_batches=3, **settings),
+    )
+    for data in (first, second):
+        data.setup("fit")
+    order = list(first.train_dataloader().sampler)
+    assert list(second.train_dataloader().sampler) == order[12:]  # 3 batches of 4 in
+    too_many = _module(small_jsonl, tiny_dir, skip_train_batches=9, **settings)
+    too_many.setup("fit")
+    with pytest.raises(ConfigError, match="--data.skip_train_batches 9: an epoch here has only 9 batches"):
+        too_many.train_dataloader()

@@ -44,3 +44,15 @@ def test_grouped_sampler_resumes_where_it_stopped():
     resumed = ResumableShuffle(200, 1, 0, seed=0, lengths=LENGTHS, batch_size=8)
     resumed.load_state_dict(sampler.state_dict())
     assert seen + list(resumed) == full
+
+
+def test_skipping_batches_gives_the_rest_of_the_first_epoch_and_a_whole_second():
+    full = ResumableShuffle(200, 1, 0, seed=0, lengths=LENGTHS, batch_size=8)
+    first = _batches(full, 8)
+    skipped = ResumableShuffle(200, 1, 0, seed=0, lengths=LENGTHS, batch_size=8, skip_first=5 * 8)
+    rest = _batches(skipped, 8)
+    assert rest == first[5:]
+    assert not {i for b in first[:5] for i in b} & {i for b in rest for i in b}  # disjoint from the first 5
+    skipped.set_epoch(1)
+    full.set_epoch(1)
+    assert list(skipped) == list(full)  # only the first epoch is cut

@@ -102,6 +102,9 @@ class PreferenceDataModule(L.LightningDataModule):
             beside its training split, otherwise ``valid_fraction`` of the training records, held out
             with ``split_seed``. A JSONL file or folder of JSONL files is one pool: ``valid_fraction``.
         shuffle_seed: Seeds the training order, a new permutation each epoch.
+        skip_train_batches: Start the first epoch this many batches into that order (as a resume would), so a
+            run with the same data settings trains on the batches an earlier run of that many steps never saw:
+            a second reward model on pairs disjoint from the first's, to judge with.
         max_length: Bound on prompt + the longer response, in tokens.
         max_response_length: Bound on each response (default: ``max_length``).
         on_bad_record: ``error`` stops at the first unusable record naming its line; ``skip`` drops and counts it.
@@ -130,6 +133,7 @@ class PreferenceDataModule(L.LightningDataModule):
         valid_fraction: float = 0.1,
         split_seed: int = 0,
         shuffle_seed: int = 0,
+        skip_train_batches: NonNegativeInt = 0,  # type: ignore[assignment]
         max_length: PositiveInt = 512,  # type: ignore[assignment]
         max_response_length: PositiveInt | None = None,
         batch_size: PositiveInt = 8,  # type: ignore[assignment]
@@ -252,7 +256,16 @@ class PreferenceDataModule(L.LightningDataModule):
     def _train_sampler(self, world: int, rank: int) -> ResumableShuffle:
         hp = self.hparams
         lengths = [self.kind.length(p) for p in self.train_examples] if hp.group_by_length else None
-        return ResumableShuffle(len(self.train_examples), world, rank, hp.shuffle_seed, lengths, hp.batch_size)
+        skip = hp.skip_train_batches * hp.batch_size
+        epoch = math.ceil(len(self.train_examples) / world)
+        if skip >= epoch:
+            raise ConfigError(
+                f"--data.skip_train_batches {hp.skip_train_batches}: an epoch here has only "
+                f"{math.ceil(epoch / hp.batch_size)} batches of {hp.batch_size} per process; skip fewer"
+            )
+        return ResumableShuffle(
+            len(self.train_examples), world, rank, hp.shuffle_seed, lengths, hp.batch_size, skip_first=skip
+        )
 
     def val_dataloader(self) -> DataLoader:
         trainer = self.trainer

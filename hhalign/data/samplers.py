@@ -21,6 +21,9 @@ class ResumableShuffle(DistributedSampler):
     ``group_batches`` global batches, sorted by length inside each window, and the global batches of
     the epoch are shuffled: a batch holds pairs of similar length (less padding) and the epoch is still
     a permutation, the same on every process, so the position stays resumable.
+
+    ``skip_first`` starts the first epoch that many of this process's items in: a second model trained from
+    there sees exactly the items a first run of ``skip_first`` items did not (a held-out judge, say).
     """
 
     def __init__(
@@ -32,6 +35,7 @@ class ResumableShuffle(DistributedSampler):
         lengths: Sequence[int] | None = None,
         batch_size: int = 1,
         group_batches: int = 64,
+        skip_first: int = 0,
     ) -> None:
         super().__init__(range(n_items), num_replicas=num_replicas, rank=rank, shuffle=True, seed=seed)  # type: ignore[arg-type]
         if lengths is not None and len(lengths) != n_items:
@@ -40,7 +44,9 @@ class ResumableShuffle(DistributedSampler):
         self.batch_size = batch_size
         self.group_batches = group_batches
         self.yielded = 0
-        self._resume_at = 0
+        if skip_first >= self.num_samples:
+            raise ValueError(f"cannot skip {skip_first} of an epoch's {self.num_samples} items")
+        self._resume_at = skip_first
 
     def _epoch_indices(self) -> list[int]:
         if self.lengths is None:
