@@ -71,6 +71,29 @@ def test_rloo_fit_on_a_reward_function_logs_the_online_metrics_and_leaves_the_re
     assert weights_fingerprint(load_model(str(tiny_dir))) == ckpt["hhalign_fingerprints"]["reference"]
 
 
+def test_several_optimizer_steps_on_one_sample_clip_the_ratio_and_sample_only_at_the_first(tmp_path, tiny_dir):
+    data = write_jsonl(
+        tmp_path / "prompts.jsonl", [{"prompt": f"\n\nHuman: say {w}\n\nAssistant:"} for w in "abcdefgh"]
+    )
+    run = fit_tiny(
+        tmp_path, tiny_dir, data, "configs/tiny/rloo.yaml",
+        "--model.reward_model", "null", "--model.reward_functions", "[tests.online_rewards:share_of_e]",
+        "--model.max_completion_length", "8", "--data.batch_size", "2", "--data.valid_fraction", "0.25",
+        "--model.num_iterations", "2", "--model.epsilon", "0.0", "--model.optimizer.init_args.lr", "1e-2",
+        "--model.log_samples_every_n_steps", "1", steps=4, val_every=4,
+    )  # fmt: skip
+    with (run / "metrics.csv").open() as handle:
+        train = {int(r["step"]): r for r in csv.DictReader(handle) if r.get("train/loss")}
+    sampled = [step for step in range(4) if float(train[step]["train/sampling_seconds"]) > 0]
+    assert sampled == [0, 2]
+    for step in range(4):
+        clipped = float(train[step]["train/clip_fraction"])
+        assert (clipped > 0) == (step % 2 == 1), (step, clipped)  # ε 0: any move of the ratio against A clips
+    steps = {json.loads(line)["step"] for line in (run / "samples.jsonl").read_text().splitlines()}
+    assert steps == {0, 2}
+    assert train[1]["train/reward"] == train[0]["train/reward"]  # the same samples
+
+
 @pytest.mark.parametrize(
     ("options", "message"),
     [

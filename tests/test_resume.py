@@ -130,24 +130,34 @@ def _samples_by_step(run_dir: Path) -> dict[int, list[dict]]:
 
 
 @pytest.mark.slow
-def test_online_run_killed_then_resumed_draws_the_same_samples_and_losses(tmp_path: Path, tiny_dir: Path):
-    """RLOO samples at every step: a resumed run must draw what the uninterrupted one drew, step for step. (A
+@pytest.mark.parametrize("iterations", [1, 4])
+def test_online_run_killed_then_resumed_draws_the_same_samples_and_losses(
+    tmp_path: Path, tiny_dir: Path, iterations: int
+):
+    """RLOO samples at every step (or every 4th, with 4 optimizer steps on each batch of samples, the checkpoint
+    at step 2 falling between them): a resumed run must draw what the uninterrupted one drew, step for step. (A
     SIGTERM's checkpoint is the preemption callback's, the same for every objective: tested above.)"""
     from tests.conftest import write_jsonl
 
     prompts = [{"prompt": f"\n\nHuman: tell me about {w}\n\nAssistant:"} for w in "abcdefghijklmnop"]
     data = write_jsonl(tmp_path / "prompts.jsonl", prompts)
     online = {"config": "configs/tiny/rloo.yaml"}
-    whole = _run(tmp_path, tiny_dir, data, "whole", *ONLINE, **online)
+    options = (*ONLINE, "--model.num_iterations", str(iterations), "--model.epsilon", "0.01")
+    whole = _run(tmp_path, tiny_dir, data, "whole", *options, **online)
     assert whole.returncode == 0, whole.stderr[-3000:]
     kill = ("--trainer.callbacks+=tests.faults.KillAtStep", "--trainer.callbacks.step", "3")
-    stopped = _run(tmp_path, tiny_dir, data, "stopped", *ONLINE, *kill, **online)
+    stopped = _run(tmp_path, tiny_dir, data, "stopped", *options, *kill, **online)
     assert stopped.returncode == -signal.SIGKILL, stopped.stderr[-3000:]
-    resumed = _run(tmp_path, tiny_dir, data, "stopped", *ONLINE, "--ckpt_path", "last", **online)
+    resumed = _run(tmp_path, tiny_dir, data, "stopped", *options, "--ckpt_path", "last", **online)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     expected, got = _train_rows(tmp_path / "tiny" / "whole"), _train_rows(tmp_path / "tiny" / "stopped")
     assert sorted(got) == sorted(expected) == list(range(8))
     for step in range(8):
         for name in ("train/loss", "train/reward", "train/kl_k1"):
             assert float(got[step][name]) == pytest.approx(float(expected[step][name]), abs=1e-6), (step, name)
-    assert _samples_by_step(tmp_path / "tiny" / "stopped") == _samples_by_step(tmp_path / "tiny" / "whole")
+    for step in range(8):
+        name = "train/clip_fraction"
+        assert float(got[step][name]) == pytest.approx(float(expected[step][name]), abs=1e-6), (step, name)
+    samples = _samples_by_step(tmp_path / "tiny" / "stopped")
+    assert samples == _samples_by_step(tmp_path / "tiny" / "whole")
+    assert sorted(samples) == list(range(0, 8, iterations))

@@ -8,7 +8,6 @@ samples the uninterrupted one drew: the only state it needs is the global step, 
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -20,10 +19,18 @@ from hhalign.errors import ConfigError
 from hhalign.losses.logps import tokens_by_sequence
 from hhalign.losses.policy_gradient import k1, k3
 from hhalign.models.forward import model_inputs, response_states
-from hhalign.models.generation import Completion, Sampling, sample_groups
+from hhalign.models.generation import Sampling, sample_groups
 from hhalign.models.loading import load_tokenizer
 from hhalign.objectives.outputs import StepOutputs
 from hhalign.objectives.reference import PolicyModule
+from hhalign.objectives.rollouts import (
+    ROLLOUT_KEY,
+    Rollout,
+    gather_states,
+    own_state,
+    rollout_from_state,
+    rollout_state,
+)
 from hhalign.objectives.sample_log import sample_rows, write_samples
 from hhalign.rewards.functions import load_reward_function
 from hhalign.rewards.model import RewardModel, check_same_tokenizer
@@ -32,25 +39,6 @@ from hhalign.training.sharding import is_fsdp
 
 VALIDATION_SEED_OFFSET = 1 << 40
 """Validation draws from seeds of their own, the same at every validation, so its curve compares like with like."""
-
-
-@dataclass
-class Rollout:
-    """K scored completions of each of P prompts: ``batch`` holds them as sampled (behind one copy of each
-    prompt), ``rewards`` ``(P, K)`` the total reward, ``terms`` each term, ``finished`` ``(P, K)`` whether each
-    completion ended with EOS."""
-
-    prompts: list[list[int]]
-    completions: list[list[Completion]]
-    batch: GroupBatch
-    rewards: Tensor
-    terms: dict[str, Tensor]
-    finished: Tensor
-    seconds: dict[str, float]
-
-    @property
-    def shape(self) -> tuple[int, int]:
-        return tuple(self.rewards.shape)  # type: ignore[return-value]
 
 
 class OnlineModule(PolicyModule):
@@ -115,6 +103,9 @@ class OnlineModule(PolicyModule):
         self.rewards: Rewards | None = None  # loaded with the models, kept out of the module tree and checkpoints
         self.tokenizer: Any = None
         self._step_started = 0.0
+        self._rollout: Rollout | None = None
+        self._rollout_start = -1
+        self._saved_rollout: dict[str, Any] | None = None
         self.last_rollout_seconds: dict[str, float] = {}
         """Sampling and scoring seconds of the last training step's rollout (read by the benchmark too)."""
 
@@ -227,13 +218,32 @@ class OnlineModule(PolicyModule):
         return metrics
 
     # the steps ---------------------------------------------------------------------------------------------
+    @property
+    def iterations_per_rollout(self) -> int:
+        """Optimizer steps taken on each sampled batch (the objective's ``num_iterations``; 1 unless it has one)."""
+        return int(self.hparams.get("num_iterations", 1))
+
     def step_outputs(self, batch: PromptBatch) -> StepOutputs:
         if not self.training:
             return self.evaluation_outputs(batch)
         step = self.trainer.global_step if self._trainer is not None else 0
+        start = step - step % self.iterations_per_rollout
+        if self._saved_rollout is not None:  # resumed between the steps on one batch of samples
+            self._rollout, self._rollout_start = rollout_from_state(
+                self._saved_rollout, self.tokenizer.pad_token_id, self.device
+            )
+            self._saved_rollout = None
+        if self._rollout is not None and self._rollout_start == start:  # a later step on the same samples
+            out = self.rollout_outputs(self._rollout)
+            for name in ("sampling", "scoring"):
+                out.metrics[f"{name}_seconds"] = (torch.zeros(1), None)
+            self.last_rollout_seconds = {"sampling": 0.0, "scoring": 0.0}
+            return out
         rollout = self.rollout(batch.prompts, self.hparams.num_generations, self.draw_seed(step))
         self.last_rollout_seconds = dict(rollout.seconds)
         out = self.rollout_outputs(rollout)
+        if self.iterations_per_rollout > 1:
+            self._rollout, self._rollout_start = rollout, start
         out.metrics["sampling_seconds"] = (torch.tensor([rollout.seconds["sampling"]]), None)
         out.metrics["scoring_seconds"] = (torch.tensor([rollout.seconds["scoring"]]), None)
         self._log_samples(rollout, step)
@@ -260,6 +270,17 @@ class OnlineModule(PolicyModule):
 
     def on_test_epoch_start(self) -> None:
         self._validation_batch = 0
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        super().on_save_checkpoint(checkpoint)  # between the steps on one batch of samples, keep every rank's
+        if self.iterations_per_rollout > 1 and self._rollout is not None:
+            state = rollout_state(self._rollout, self._rollout_start)
+            checkpoint[ROLLOUT_KEY] = gather_states(state, self.trainer.world_size)
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        super().on_load_checkpoint(checkpoint)
+        if checkpoint.get(ROLLOUT_KEY) is not None and self._trainer is not None:
+            self._saved_rollout = own_state(checkpoint[ROLLOUT_KEY], self.trainer.world_size, self.global_rank)
 
     def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
         self._step_started = time.perf_counter()

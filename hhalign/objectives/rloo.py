@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from jsonargparse.typing import NonNegativeFloat
+from jsonargparse.typing import NonNegativeFloat, PositiveInt
 
 from hhalign.errors import ConfigError
 from hhalign.losses.policy_gradient import (
@@ -39,9 +39,12 @@ class RLOOModule(OnlineModule):
             REINFORCE's sequence sum up to a constant).
         epsilon: The clipped ratio's lower ε; ``epsilon_high`` its upper (default ``epsilon``). With one optimizer
             step per sampled batch the ratio is 1 and nothing clips (``clip_fraction`` 0).
+        num_iterations: Optimizer steps on each sampled batch (TRL's name). From the second on, the ratio to the
+            sampling policy is clipped; the advantages and the reference's log-probs are those of the first.
+            Training steps that reuse samples leave their own batch of prompts unused (an epoch over the prompts
+            then takes ``num_iterations`` times the steps but samples from a ``1/num_iterations`` share of them).
 
-    Each training step samples once and steps the optimizer once; the log-probs are recomputed at the sampling
-    temperature (the distribution the samples came from).
+    The log-probs are recomputed at the sampling temperature (the distribution the samples came from).
     """
 
     training_metrics = ("advantage_std", "zero_advantage_share", "clip_fraction")
@@ -55,9 +58,19 @@ class RLOOModule(OnlineModule):
         loss_type: TokenReduction = "dr_grpo",
         epsilon: NonNegativeFloat = 0.2,  # type: ignore[assignment]
         epsilon_high: NonNegativeFloat | None = None,
+        num_iterations: PositiveInt = 1,  # type: ignore[assignment]
         **kwargs: Any,
     ) -> None:
         super().__init__(model_name_or_path, ref_model_name_or_path, **kwargs)
+
+    def setup(self, stage: str) -> None:
+        super().setup(stage)
+        if self.hparams.num_iterations > 1 and self.trainer.accumulate_grad_batches > 1:
+            raise ConfigError(
+                f"--model.num_iterations {self.hparams.num_iterations} with --trainer.accumulate_grad_batches "
+                f"{self.trainer.accumulate_grad_batches}: samples are reused per optimizer step, so accumulate by "
+                "sampling more prompts a step (--data.batch_size) instead"
+            )
 
     def check_options(self, num_generations: int) -> None:
         if num_generations < 2:
@@ -69,16 +82,19 @@ class RLOOModule(OnlineModule):
     def rollout_outputs(self, rollout: Rollout) -> StepOutputs:
         hp = self.hparams
         logps, mask = self.token_logps(self.trainable_module(), rollout.batch, hp.temperature)
-        ref_logps = self.reference_token_logps(rollout.batch, hp.temperature) if hp.beta > 0 else None
-        real = mask.float()
-        rewards = rollout.rewards
-        if ref_logps is not None and hp.kl_in == "reward":
-            rewards = penalized_rewards(
-                rewards, (k1(logps.detach(), ref_logps) * real).sum(1).view_as(rewards), hp.beta
-            )
-        advantage = advantages(rewards, hp.advantage)
+        if not rollout.kept:  # the first step on these samples: the sampling policy's numbers, kept for the rest
+            ref_logps = self.reference_token_logps(rollout.batch, hp.temperature) if hp.beta > 0 else None
+            rewards = rollout.rewards
+            if ref_logps is not None and hp.kl_in == "reward":
+                sequence_k1 = (k1(logps.detach(), ref_logps) * mask.float()).sum(1)
+                rewards = penalized_rewards(rewards, sequence_k1.view_as(rewards), hp.beta)
+            rollout.kept = {"old_logps": logps.detach(), "advantage": advantages(rewards, hp.advantage)}
+            if ref_logps is not None:
+                rollout.kept["ref_logps"] = ref_logps
+        old_logps, advantage = rollout.kept["old_logps"], rollout.kept["advantage"]
+        ref_logps = rollout.kept.get("ref_logps")
         epsilon_high = hp.epsilon if hp.epsilon_high is None else hp.epsilon_high
-        surrogate = clipped_surrogate(logps, logps.detach(), advantage.reshape(-1, 1), mask, hp.epsilon, epsilon_high)
+        surrogate = clipped_surrogate(logps, old_logps, advantage.reshape(-1, 1), mask, hp.epsilon, epsilon_high)
         token_losses = surrogate.token_losses
         if ref_logps is not None and hp.kl_in == "loss":
             token_losses = token_losses + hp.beta * k3(logps, ref_logps)
@@ -104,7 +120,8 @@ class GRPOModule(RLOOModule):
         loss_type: TokenReduction = "grpo",
         epsilon: NonNegativeFloat = 0.2,  # type: ignore[assignment]
         epsilon_high: NonNegativeFloat | None = None,
+        num_iterations: PositiveInt = 1,  # type: ignore[assignment]
         **kwargs: Any,
     ) -> None:
         super().__init__(model_name_or_path, ref_model_name_or_path, advantage, kl_in, loss_type, epsilon,
-                         epsilon_high, **kwargs)  # fmt: skip
+                         epsilon_high, num_iterations, **kwargs)  # fmt: skip
