@@ -40,23 +40,35 @@ def test_evaluate_a_run_on_its_validation_pairs(runs: dict[str, Path], capsys: p
     assert results["reward"]["chosen"]["mean"] == pytest.approx(sum(r["chosen_reward"] for r in rows) / 8)
 
 
-def test_the_frontier_is_drawn_from_three_evaluations(runs: dict[str, Path], capsys: pytest.CaptureFixture[str]):
+def test_the_frontier_is_drawn_from_three_evaluations_under_each_judge(
+    runs: dict[str, Path], capsys: pytest.CaptureFixture[str]
+):
+    import shutil
+
+    second = runs["root"] / "judges" / "second" / "export"  # the same reward model under another name
+    shutil.copytree(runs["judge"], second)
     folders = []
-    for seed in (1, 2, 3):
-        out = runs["root"] / f"eval-{seed}"
-        main([
-            "evaluate", "--policy", str(runs["dpo"] / "export"), "--reference", str(runs["dpo"] / "export"),
-            "--judge", str(runs["judge"]), "--data", str(runs["data"]), "--max-length", "128", "--prompts", "6",
-            "--max-new-tokens", "6", "--seed", str(seed), "--out", str(out), "--label", f"seed {seed}",
-        ])  # fmt: skip
-        folders.append(str(out))
+    for judge, name in ((runs["judge"], "first"), (second, "second")):
+        for seed in (1, 2, 3):
+            out = runs["root"] / f"eval-{name}-{seed}"
+            main([
+                "evaluate", "--policy", str(runs["dpo"] / "export"), "--reference", str(runs["dpo"] / "export"),
+                "--judge", str(judge), "--data", str(runs["data"]), "--max-length", "128", "--prompts", "6",
+                "--max-new-tokens", "6", "--seed", str(seed), "--out", str(out), "--label", f"seed {seed}",
+            ])  # fmt: skip
+            folders.append(str(out))
     picture = runs["root"] / "frontier.png"
     main(["plot", "--frontier", *folders, "--out", str(picture)])
-    assert picture.stat().st_size > 10_000
+    one_panel = runs["root"] / "frontier-one.png"
+    main(["plot", "--frontier", *folders[:3], "--out", str(one_panel)])
+    assert picture.stat().st_size > 1.5 * one_panel.stat().st_size  # two panels side by side
     table = picture.with_suffix(".md").read_text().splitlines()
-    assert len(table) == 2 + 3 and all(f"seed {s}" in "".join(table) for s in (1, 2, 3))
+    assert len(table) == 2 + 6 and all(f"seed {s}" in "".join(table) for s in (1, 2, 3))
     with open(picture.with_suffix(".csv")) as handle:
         points = list(csv.DictReader(handle))
+    assert [p["judge"] for p in points] == [points[0]["judge"]] * 3 + ["judges/second"] * 3
+    first, again = sorted(points[:3], key=lambda p: p["label"]), sorted(points[3:], key=lambda p: p["label"])
+    assert [p["reward"] for p in first] == [p["reward"] for p in again]  # the same judge, the same seeds
     for point in points:
         evaluation = json.loads((Path(point["source"])).read_text())
         assert float(point["kl"]) == evaluation["kl"]["sequence"]["mean"] == 0.0  # the policy is its own reference

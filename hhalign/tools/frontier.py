@@ -1,5 +1,5 @@
 """``hhalign plot --frontier``: the judge's reward against KL(π‖π_ref), one point per evaluation (a run,
-a β, a checkpoint), as Figure 2 of the DPO paper; the reference sits at KL 0. Error bars are 95%
+a β, a checkpoint), as Figure 2 of the DPO paper, a panel per judge; the reference sits at KL 0. Error bars are 95%
 intervals (1.96 standard errors of the KL estimate, the reward's interval); the table behind the
 picture is written beside it."""
 
@@ -13,7 +13,7 @@ from typing import Any
 from hhalign.errors import UserError
 
 TABLE_COLUMNS = (
-    "label", "kl", "kl_se", "kl_per_token", "reward", "reward_low", "reward_high", "reference_reward",
+    "judge", "label", "kl", "kl_se", "kl_per_token", "reward", "reward_low", "reward_high", "reference_reward",
     "win_rate_vs_reference", "win_low", "win_high", "win_rate_vs_chosen", "policy_tokens", "prompts", "source",
 )  # fmt: skip
 
@@ -35,6 +35,7 @@ def frontier_row(evaluation: dict[str, Any]) -> dict[str, Any]:
     file = Path(evaluation["file"])
     default_label = file.parent.parent.name if file.parent.name == "eval" else file.parent.name
     return {
+        "judge": judge_name(evaluation.get("judge")),
         "label": evaluation.get("label") or default_label,
         "kl": kl["sequence"]["mean"],
         "kl_se": kl["sequence"]["se"],
@@ -55,42 +56,63 @@ def frontier_row(evaluation: dict[str, Any]) -> dict[str, Any]:
 
 def markdown_table(rows: list[dict[str, Any]]) -> str:
     lines = [
-        "| point | KL (± SE) | KL/token | judge reward (95%) | win rate vs reference (95%) | vs chosen | tokens |",
-        "|---|---:|---:|---:|---:|---:|---:|",
+        "| judge | point | KL (± SE) | KL/token | judge reward (95%) | win rate vs reference (95%) | vs chosen "
+        "| tokens |",
+        "|---|---|---:|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
         lines.append(
-            f"| {r['label']} | {r['kl']:.2f} ± {r['kl_se']:.2f} | {r['kl_per_token']:.3f} | {r['reward']:.3f} "
+            f"| {r['judge']} | {r['label']} | {r['kl']:.2f} ± {r['kl_se']:.2f} | {r['kl_per_token']:.3f} "
+            f"| {r['reward']:.3f} "
             f"({r['reward_low']:.3f}–{r['reward_high']:.3f}) | {r['win_rate_vs_reference']:.3f} "
             f"({r['win_low']:.3f}–{r['win_high']:.3f}) | {r['win_rate_vs_chosen']:.3f} | {r['policy_tokens']:.1f} |"
         )
     return "\n".join(lines) + "\n"
 
 
-def judge_name(judges: set[Any]) -> str:
+def judge_name(judge: Any) -> str:
     """``experiment/run`` of a judge exported by a run (``…/experiment/run/export``), else its path."""
-    if len(judges) != 1:
-        return "several judges"
-    path = Path(str(next(iter(judges))))
+    path = Path(str(judge))
     return "/".join(path.parts[-3:-1]) if path.name == "export" and len(path.parts) >= 3 else str(path)
 
 
 def plot_frontier(paths: list[str], out: str | Path = "frontier.png") -> tuple[Path, Path]:
-    """Draw the frontier of the evaluations at ``paths`` into ``out`` (PNG), with ``out``'s ``.md`` and
-    ``.csv`` tables; returns the picture's and the Markdown table's paths."""
+    """Draw the frontier of the evaluations at ``paths`` into ``out`` (PNG), one panel per judge (the same
+    policies under a second reward model show how much of a gain is the training reward model's alone), with
+    ``out``'s ``.md`` and ``.csv`` tables; returns the picture's and the Markdown table's paths."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     evaluations = [read_evaluation(p) for p in paths]
-    rows = sorted((frontier_row(e) for e in evaluations), key=lambda r: r["kl"])
-    judges = {e.get("judge") for e in evaluations}
-    figure, ax = plt.subplots(figsize=(6.4, 4.6))
-    first = evaluations[0]["reward"]["reference"]
-    low, high = first["interval95"]
+    by_judge: dict[str, list[dict[str, Any]]] = {}
+    for evaluation in evaluations:
+        by_judge.setdefault(judge_name(evaluation.get("judge")), []).append(evaluation)
+    figure, axes = plt.subplots(1, len(by_judge), figsize=(6.4 * len(by_judge), 4.6), squeeze=False)
+    rows: list[dict[str, Any]] = []
+    for ax, (judge, judged) in zip(axes[0], by_judge.items(), strict=True):
+        panel = sorted((frontier_row(e) for e in judged), key=lambda r: r["kl"])
+        _draw_panel(ax, panel, judged[0]["reward"]["reference"], judge)
+        rows += panel
+    figure.tight_layout()
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(out, dpi=110)
+    plt.close(figure)
+    table = out.with_suffix(".md")
+    table.write_text(markdown_table(rows))
+    with open(out.with_suffix(".csv"), "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=TABLE_COLUMNS)
+        writer.writeheader()
+        writer.writerows(rows)
+    return out, table
+
+
+def _draw_panel(ax: Any, rows: list[dict[str, Any]], reference: dict[str, Any], judge: str) -> None:
+    low, high = reference["interval95"]
     ax.errorbar(
-        [0.0], [first["mean"]], yerr=[[first["mean"] - low], [high - first["mean"]]],
+        [0.0], [reference["mean"]], yerr=[[reference["mean"] - low], [high - reference["mean"]]],
         fmt="s", color="gray", capsize=3, label="reference (KL 0)",
     )  # fmt: skip
     ax.errorbar(
@@ -103,20 +125,6 @@ def plot_frontier(paths: list[str], out: str | Path = "frontier.png") -> tuple[P
         ax.annotate(r["label"], (r["kl"], r["reward"]), textcoords="offset points", xytext=(6, 6), fontsize=8)
     ax.set_xlabel("KL(policy ‖ reference) per completion, nats (estimated from policy samples)")
     ax.set_ylabel("mean judge reward of policy samples")
-    ax.set_title(f"Reward–KL frontier ({rows[0]['prompts']} prompts; judge: {judge_name(judges)})")
+    ax.set_title(f"Reward–KL frontier ({rows[0]['prompts']} prompts; judge: {judge})")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-    figure.tight_layout()
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(out, dpi=110)
-    plt.close(figure)
-    table = out.with_suffix(".md")
-    table.write_text(markdown_table(rows))
-    with open(out.with_suffix(".csv"), "w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=TABLE_COLUMNS)
-        writer.writeheader()
-        writer.writerows(rows)
-    if len(judges) > 1:
-        print(f"warning: the evaluations were judged by different reward models ({sorted(map(str, judges))})")
-    return out, table
