@@ -7,7 +7,7 @@ SMOLLM2 := artifacts/smollm2-135m-instruct
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: help install model demo demo-quick rl frontier demo-tiny test test-fast bench lint format clean
+.PHONY: help install model demo demo-quick rl judge frontier demo-tiny test test-fast bench lint format clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "} {printf "  %-10s %s\n", $$1, $$2}'
@@ -58,17 +58,32 @@ rl: $(SMOLLM2)/model.safetensors  ## RLOO and online DPO rewarded by the demo's 
 	$(BIN)/hhalign fit --config configs/smollm2/online-dpo.yaml --overwrite true
 	$(BIN)/hhalign evaluate outputs/smollm2/online-dpo --judge outputs/smollm2/rm/export
 
+# the held-out judge: a second reward model, rm.yaml's settings on the pairs the demo's reward model never saw
+JUDGE := outputs/smollm2/rm-judge/export
+$(JUDGE)/config.json: $(SMOLLM2)/model.safetensors
+	$(BIN)/hhalign fit --config configs/smollm2/rm-judge.yaml --overwrite true
+
+judge: $(JUDGE)/config.json  ## the held-out judge: a second reward model on pairs disjoint from the demo's
+
 BETAS := 0.05 0.5
-# after `make demo` (its DPO at beta 0.1 and its reward model): DPO at two more betas, each judged the same way
-frontier: $(SMOLLM2)/model.safetensors  ## the reward-KL frontier: DPO at beta 0.05, 0.1, 0.5 judged by the demo's RM
-	@test -f outputs/smollm2/rm/export/config.json && test -f outputs/smollm2/dpo/eval/evaluation.json \
-		|| { echo "run 'make demo' first: the frontier reuses its DPO run and its reward model"; exit 1; }
+POINTS := dpo $(foreach beta,$(BETAS),dpo-beta$(beta)) rloo online-dpo
+# after `make demo` and `make rl`: DPO at two more betas; every point judged by the demo's reward model (the online
+# runs' reward) and by the held-out judge, one panel each
+frontier: $(SMOLLM2)/model.safetensors  ## the reward-KL frontier of DPO (3 betas), RLOO and online DPO, both judges
+	@test -f outputs/smollm2/dpo/eval/evaluation.json && test -f outputs/smollm2/rloo/eval/evaluation.json \
+		&& test -f outputs/smollm2/online-dpo/eval/evaluation.json \
+		|| { echo "run 'make demo' and 'make rl' first: the frontier reuses their runs"; exit 1; }
+	$(MAKE) --no-print-directory $(JUDGE)/config.json
 	for beta in $(BETAS); do \
 		$(BIN)/hhalign fit --config configs/smollm2/dpo.yaml --trial_name dpo-beta$$beta --model.beta $$beta \
 			--overwrite true && \
 		$(BIN)/hhalign evaluate outputs/smollm2/dpo-beta$$beta --judge outputs/smollm2/rm/export || exit 1; \
 	done
-	$(BIN)/hhalign plot --frontier outputs/smollm2/dpo-beta0.05 outputs/smollm2/dpo outputs/smollm2/dpo-beta0.5 \
+	for point in $(POINTS); do \
+		$(BIN)/hhalign evaluate outputs/smollm2/$$point --judge $(JUDGE) --out outputs/smollm2/$$point/eval-heldout \
+			|| exit 1; \
+	done
+	$(BIN)/hhalign plot --frontier $(foreach p,$(POINTS),outputs/smollm2/$(p)/eval outputs/smollm2/$(p)/eval-heldout) \
 		--out outputs/smollm2/frontier.png
 
 demo-tiny: $(TINY)/config.json  ## the whole pipeline with the offline tiny model: SFT, then DPO and RM from it
