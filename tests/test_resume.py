@@ -130,13 +130,13 @@ def _samples_by_step(run_dir: Path) -> dict[int, list[dict]]:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("iterations", [1, 4])
-def test_online_run_killed_then_resumed_draws_the_same_samples_and_losses(
-    tmp_path: Path, tiny_dir: Path, iterations: int
+@pytest.mark.parametrize(("iterations", "signal_name"), [(1, "SIGKILL"), (4, "SIGTERM")])
+def test_online_run_stopped_then_resumed_draws_the_same_samples_and_losses(
+    tmp_path: Path, tiny_dir: Path, iterations: int, signal_name: str
 ):
-    """RLOO samples at every step (or every 4th, with 4 optimizer steps on each batch of samples, the checkpoint
-    at step 2 falling between them): a resumed run must draw what the uninterrupted one drew, step for step. (A
-    SIGTERM's checkpoint is the preemption callback's, the same for every objective: tested above.)"""
+    """RLOO samples at every step, or every 4th with 4 optimizer steps on each batch of samples: killed at step 3
+    (resumed from step 2) or stopped by SIGTERM (its checkpoint at step 3, between the steps on one batch of
+    samples), the resumed run must draw what the uninterrupted one drew, step for step."""
     from tests.conftest import write_jsonl
 
     prompts = [{"prompt": f"\n\nHuman: tell me about {w}\n\nAssistant:"} for w in "abcdefghijklmnop"]
@@ -146,8 +146,10 @@ def test_online_run_killed_then_resumed_draws_the_same_samples_and_losses(
     whole = _run(tmp_path, tiny_dir, data, "whole", *options, **online)
     assert whole.returncode == 0, whole.stderr[-3000:]
     kill = ("--trainer.callbacks+=tests.faults.KillAtStep", "--trainer.callbacks.step", "3")
+    kill += ("--trainer.callbacks.signal_name", signal_name)
     stopped = _run(tmp_path, tiny_dir, data, "stopped", *options, *kill, **online)
-    assert stopped.returncode == -signal.SIGKILL, stopped.stderr[-3000:]
+    code = -signal.SIGKILL if signal_name == "SIGKILL" else 128 + signal.SIGTERM
+    assert stopped.returncode == code, stopped.stderr[-3000:]
     resumed = _run(tmp_path, tiny_dir, data, "stopped", *options, "--ckpt_path", "last", **online)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     expected, got = _train_rows(tmp_path / "tiny" / "whole"), _train_rows(tmp_path / "tiny" / "stopped")
