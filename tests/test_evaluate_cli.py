@@ -106,3 +106,15 @@ def test_a_missing_judge_stops_the_fit_before_it_trains(runs: dict[str, Path], t
         fit_tiny(runs["root"], tiny_dir, runs["data"], "configs/tiny/dpo.yaml", *callback, trial="nojudge")
     assert "does not exist" in str(exited.value) and str(missing) in str(exited.value)
     assert not (runs["root"] / "tiny" / "nojudge" / "checkpoints").exists()
+
+
+def test_an_online_run_is_evaluated_on_the_prompts_of_its_held_out_pairs(runs: dict[str, Path], tiny_dir: Path):
+    rloo = fit_tiny(
+        runs["root"], tiny_dir, runs["data"], "configs/tiny/rloo.yaml", "--model.reward_model", "null",
+        "--model.reward_functions", "[tests.online_rewards:share_of_e]", "--model.max_completion_length", "6",
+        "--data.batch_size", "2", trial="rloo", steps=1, val_every=1,
+    )  # fmt: skip
+    main(["evaluate", str(rloo), "--judge", str(runs["judge"]), "--prompts", "4", "--max-new-tokens", "6"])
+    results = json.loads((rloo / "eval" / "evaluation.json").read_text())
+    assert results["label"] == "tiny/rloo (β=0.05)" and results["prompts"] == 4
+    assert results["held_out_pairs"] == json.loads((runs["dpo"] / "data_summary.json").read_text())["kept"]["val"]
