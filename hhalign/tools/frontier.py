@@ -93,7 +93,7 @@ def plot_frontier(paths: list[str], out: str | Path = "frontier.png") -> tuple[P
     rows: list[dict[str, Any]] = []
     for ax, (judge, judged) in zip(axes[0], by_judge.items(), strict=True):
         panel = sorted((frontier_row(e) for e in judged), key=lambda r: r["kl"])
-        _draw_panel(ax, panel, judged[0]["reward"]["reference"], judge)
+        _draw_panel(ax, panel, judge)
         rows += panel
     figure.tight_layout()
     out = Path(out)
@@ -109,22 +109,22 @@ def plot_frontier(paths: list[str], out: str | Path = "frontier.png") -> tuple[P
     return out, table
 
 
-def _draw_panel(ax: Any, rows: list[dict[str, Any]], reference: dict[str, Any], judge: str) -> None:
-    low, high = reference["interval95"]
+def _draw_panel(ax: Any, rows: list[dict[str, Any]], judge: str) -> None:
+    """Each point's reward less its own reference's on the same prompts: runs whose prompts were cut to other
+    lengths (the online runs leave room for a shorter completion) still compare like with like."""
+    ax.axhline(0.0, color="gray", lw=0.8)
+    ax.plot([0.0], [0.0], "s", color="gray", label="reference (KL 0, gain 0)")
+    gains = [r["reward"] - r["reference_reward"] for r in rows]
     ax.errorbar(
-        [0.0], [reference["mean"]], yerr=[[reference["mean"] - low], [high - reference["mean"]]],
-        fmt="s", color="gray", capsize=3, label="reference (KL 0)",
-    )  # fmt: skip
-    ax.errorbar(
-        [r["kl"] for r in rows], [r["reward"] for r in rows],
+        [r["kl"] for r in rows], gains,
         xerr=[1.96 * r["kl_se"] for r in rows],
         yerr=[[r["reward"] - r["reward_low"] for r in rows], [r["reward_high"] - r["reward"] for r in rows]],
-        fmt="o", color="tab:blue", capsize=3, label="policy",
+        fmt="o", color="tab:blue", capsize=3, label="policy (reward's 95% interval)",
     )  # fmt: skip
-    for r in rows:
-        ax.annotate(r["label"], (r["kl"], r["reward"]), textcoords="offset points", xytext=(6, 6), fontsize=8)
+    for r, gain in zip(rows, gains, strict=True):
+        ax.annotate(r["label"], (r["kl"], gain), textcoords="offset points", xytext=(6, 6), fontsize=8)
     ax.set_xlabel("KL(policy ‖ reference) per completion, nats (estimated from policy samples)")
-    ax.set_ylabel("mean judge reward of policy samples")
+    ax.set_ylabel("judge reward of policy samples − reference's")
     ax.set_title(f"Reward–KL frontier ({rows[0]['prompts']} prompts; judge: {judge})")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
