@@ -15,13 +15,12 @@ import subprocess
 import sys
 import threading
 import time
-from collections import Counter
 from pathlib import Path
 
 import torch
 
 from hhalign.data.pairs import PairTokenizer, split_dialogues
-from hhalign.data.records import read_local
+from hhalign.data.reading import read_records
 from hhalign.models.loading import load_tokenizer
 from hhalign.models.tiny import make_tiny
 
@@ -129,7 +128,7 @@ def write_work(model_dir: Path, n_pairs: int, max_length: int, out: Path) -> dic
     tokenizer = load_tokenizer(str(model_dir))
     pair_tokenizer = PairTokenizer(tokenizer, max_length=10**9)  # no truncation: the true lengths
     pairs, kept = [], []
-    for record in read_local(str(SHIPPED), "error", Counter()):
+    for record in read_records(str(SHIPPED)).records:
         tokenized = pair_tokenizer([record])
         if not tokenized:
             continue  # dropped for a reason other than length (no response, identical responses)

@@ -9,12 +9,11 @@ import json
 import random
 import statistics
 import sys
-from collections import Counter
 from pathlib import Path
 from typing import Any
 
 from hhalign.data.pairs import split_dialogues
-from hhalign.data.records import read_local
+from hhalign.data.reading import read_records
 from hhalign.models.loading import load_tokenizer
 
 HERE = Path(__file__).resolve().parent
@@ -26,7 +25,7 @@ def write_prompts(model_dir: Path, n: int, max_prompt_tokens: int, out: Path) ->
     truncates them; returns their mean token count."""
     tokenizer = load_tokenizer(str(model_dir))
     seen, kept = set(), []
-    for record in read_local(str(SHIPPED), "error", Counter()):
+    for record in read_records(str(SHIPPED)).records:
         prompt = split_dialogues(record.chosen, record.rejected)[0]
         if prompt and prompt not in seen and len(tokenizer.encode(prompt)) <= max_prompt_tokens:
             seen.add(prompt)

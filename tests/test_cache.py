@@ -51,7 +51,7 @@ def test_a_second_setup_reads_no_record_and_builds_the_same_data(
     def no_reading(*args, **kwargs):
         raise AssertionError("records were read despite the cache")
 
-    monkeypatch.setattr("hhalign.data.datamodule.read_local", no_reading)
+    monkeypatch.setattr("hhalign.data.datamodule.read_records", no_reading)
     again = _data(small_jsonl, tiny_dir)
     assert again.train_examples == first.train_examples and again.val_examples == first.val_examples
     assert again.fingerprint == first.fingerprint and again.summary == first.summary

@@ -4,7 +4,6 @@ adapters-off reference, and the KL and step-0 diagnostics."""
 from __future__ import annotations
 
 import math
-from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -12,7 +11,7 @@ import torch
 
 from hhalign.data.batches import collate_packed_pairs, collate_pairs
 from hhalign.data.pairs import PairTokenizer
-from hhalign.data.records import read_local
+from hhalign.data.reading import read_records
 from hhalign.models.forward import model_inputs, response_logps
 from hhalign.models.loading import load_model
 from hhalign.objectives import DPOModule
@@ -21,7 +20,7 @@ from tests.conftest import SHIPPED
 
 @pytest.fixture(scope="module")
 def batch(tokenizer) -> dict[str, torch.Tensor]:
-    records = read_local(str(SHIPPED), "error", Counter())[:40]
+    records = read_records(str(SHIPPED)).records[:40]
     pairs = PairTokenizer(tokenizer, max_length=192, max_response_length=96)(records)[:4]
     return collate_packed_pairs(pairs, tokenizer.pad_token_id)
 
@@ -128,7 +127,7 @@ def test_margins_flow_from_records_to_the_reward_loss(tiny_dir: Path, tokenizer,
     raw = shipped_records(6)
     for i, record in enumerate(raw):
         record["margin"] = float(i)
-    records = read_local(str(write_jsonl(tmp_path / "m.jsonl", raw)), "error", Counter())
+    records = read_records(str(write_jsonl(tmp_path / "m.jsonl", raw))).records
     pairs = PairTokenizer(tokenizer, max_length=256, max_response_length=96)(records)[:3]
     packed = collate_packed_pairs(pairs, tokenizer.pad_token_id)
     assert packed.margins.tolist() == [p.margin for p in pairs] and collate_pairs(pairs, 0).margins.shape == (3,)
@@ -148,7 +147,7 @@ def test_margins_flow_from_records_to_the_reward_loss(tiny_dir: Path, tokenizer,
     assert math.isclose(module.reward_stats["std"], rewards.std(unbiased=False).item(), rel_tol=1e-6)
     raw[0]["margin"] = "big"
     with pytest.raises(DataError, match="'margin' must be a number"):
-        read_local(str(write_jsonl(tmp_path / "bad.jsonl", raw)), "error", Counter())
+        read_records(str(write_jsonl(tmp_path / "bad.jsonl", raw)))
 
 
 def test_lora_export_merges_the_adapters(tiny_dir: Path, batch):

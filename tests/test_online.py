@@ -12,7 +12,8 @@ import pytest
 import torch
 
 from hhalign.data.prompts import PromptTokenizer
-from hhalign.data.records import Record, to_record
+from hhalign.data.formats import to_record
+from hhalign.data.records import Record
 from hhalign.errors import ConfigError
 from tests.conftest import fit_tiny, tiny_fit_args, write_jsonl
 
@@ -21,8 +22,8 @@ def test_each_distinct_prompt_once_bounded_to_leave_room_for_a_completion(tokeni
     records = [
         Record("\n\nHuman: hi\n\nAssistant: a", "\n\nHuman: hi\n\nAssistant: b", None, "x:1"),
         Record("\n\nHuman: hi\n\nAssistant: c", "\n\nHuman: hi\n\nAssistant: d", None, "x:2"),
-        Record("", "", "\n\nHuman: what now?\n\nAssistant:", "x:3"),
-        Record("", "", "\n\nHuman: " + "word " * 200 + "\n\nAssistant:", "x:4"),
+        Record(None, None, "\n\nHuman: what now?\n\nAssistant:", "x:3"),
+        Record(None, None, "\n\nHuman: " + "word " * 200 + "\n\nAssistant:", "x:4"),
     ]
     tokenize = PromptTokenizer(tokenizer, max_length=64, max_response_length=32)
     prompts = tokenize(records)
@@ -33,8 +34,8 @@ def test_each_distinct_prompt_once_bounded_to_leave_room_for_a_completion(tokeni
 
 def test_prompt_only_records_read_and_pair_objectives_drop_them():
     record = to_record({"prompt": "\n\nHuman: hi\n\nAssistant:"}, "f.jsonl:3")
-    assert (record.prompt, record.chosen, record.rejected) == ("\n\nHuman: hi\n\nAssistant:", "", "")
-    with pytest.raises(Exception, match="f.jsonl:4: field 'prompt' must be a string"):
+    assert (record.prompt, record.chosen, record.rejected) == ("\n\nHuman: hi\n\nAssistant:", None, None)
+    with pytest.raises(Exception, match="f.jsonl:4: field 'prompt' must be a non-empty list"):
         to_record({"prompt": 3}, "f.jsonl:4")
 
 

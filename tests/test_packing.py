@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections import Counter
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -11,7 +10,7 @@ import torch
 
 from hhalign.data.batches import collate_packed_pairs, collate_pairs
 from hhalign.data.pairs import PairTokenizer, TokenizedPair
-from hhalign.data.records import read_local
+from hhalign.data.reading import read_records
 from hhalign.models.forward import model_inputs, position_ids_from_mask, response_logps
 from hhalign.models.layout import scored_tokens, shared_prompt_attention, unpack
 from hhalign.models.loading import load_model
@@ -79,7 +78,7 @@ def test_unpack_gives_the_plain_layout():
 
 
 def _real_pairs(tokenizer, n: int = 8) -> list[TokenizedPair]:
-    records = read_local(str(SHIPPED), "error", Counter())[:64]
+    records = read_records(str(SHIPPED)).records[:64]
     return PairTokenizer(tokenizer, max_length=256, max_response_length=128)(records)[:n]
 
 

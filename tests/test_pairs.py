@@ -9,7 +9,8 @@ from collections import Counter
 import pytest
 
 from hhalign.data.pairs import ASSISTANT, PairTokenizer, split_dialogues
-from hhalign.data.records import Record, read_local
+from hhalign.data.reading import read_records
+from hhalign.data.records import Record
 from tests.conftest import SHIPPED
 
 
@@ -86,7 +87,7 @@ def test_drops_are_counted_by_reason(tokenizer):
     assert len(kept) == 1
     assert pt.counts == Counter(
         {
-            "drop:no_assistant_turn": 1,
+            "drop:no_shared_prompt": 1,
             "drop:empty_response": 1,
             "drop:identical": 1,
             "drop:prompt_too_long": 1,
@@ -130,19 +131,19 @@ def test_shipped_data_drop_counts_match_an_independent_count(tokenizer):
                 empty += r["chosen"][len(cut) :].strip() == "" or (
                     r["rejected"].startswith(cut) and r["rejected"][len(cut) :].strip() == ""
                 )
-    records = read_local(str(SHIPPED), "error", Counter())
+    records = read_records(str(SHIPPED)).records
     pt = PairTokenizer(tokenizer, max_length=100_000)
     pairs = pt(records)
     assert len(records) == 4666
     assert pt.counts["drop:identical"] == identical
     assert pt.counts["drop:empty_response"] == empty
-    assert pt.counts["drop:no_assistant_turn"] == 0
+    assert pt.counts["drop:no_shared_prompt"] == 0
     assert len(pairs) == 4666 - identical - empty
     assert all(p.chosen != p.rejected for p in pairs)
 
 
 @pytest.mark.parametrize("max_length", [128, 512])
 def test_every_kept_pair_fits(tokenizer, max_length: int):
-    records = read_local(str(SHIPPED / "harmless-base-test.jsonl.gz"), "error", Counter())[:300]
+    records = read_records(str(SHIPPED / "harmless-base-test.jsonl.gz")).records[:300]
     for pair in PairTokenizer(tokenizer, max_length, max_response_length=max_length // 2)(records):
         assert len(pair.prompt) + max(len(pair.chosen), len(pair.rejected)) <= max_length

@@ -209,7 +209,7 @@ def test_score_and_generate_use_the_training_format(
     sft_run: Path, tmp_path: Path, tiny_dir: Path, small_jsonl: Path, tokenizer, capsys: pytest.CaptureFixture[str]
 ):
     from hhalign.data.pairs import PairTokenizer
-    from hhalign.data.records import read_local
+    from hhalign.data.reading import read_records
 
     main(["generate", "--model", str(sft_run / "export"), "--prompt", "How do I bake bread?", "--max-new-tokens", "8"])
     main(["generate", "--model", str(sft_run / "export"), "--prompt", "How do I bake bread?", "--max-new-tokens", "8"])
@@ -222,9 +222,8 @@ def test_score_and_generate_use_the_training_format(
     scored = [json.loads(line) for line in lines if line.startswith("{")]
     assert lines[-1].startswith(f"pairs: {len(scored)}  preference accuracy: ")
     # the same numbers as the module computes on a training batch of the same pairs
-    from collections import Counter
 
-    pairs = PairTokenizer(tokenizer, 128)(read_local(str(small_jsonl), "error", Counter()))[:4]
+    pairs = PairTokenizer(tokenizer, 128)(read_records(str(small_jsonl)).records)[:4]
     module = RewardModule(ckpt)
     module.configure_model()
     module.eval()

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import csv
 import math
-from collections import Counter
 from dataclasses import replace
 from functools import partial
 from pathlib import Path
@@ -15,7 +14,7 @@ import torch
 from hhalign.data.batches import collate_packed_pairs, collate_pairs
 from hhalign.data.examples import ExampleSettings, PairExamples
 from hhalign.data.pairs import PairTokenizer
-from hhalign.data.records import read_local
+from hhalign.data.reading import read_records
 from hhalign.objectives import DPOModule
 from hhalign.objectives.precompute import CACHE_FILE, reference_logps
 from tests.conftest import SHIPPED, fit_tiny
@@ -23,7 +22,7 @@ from tests.conftest import SHIPPED, fit_tiny
 
 @pytest.mark.parametrize("collate", [collate_packed_pairs, collate_pairs], ids=["packed", "plain"])
 def test_precomputed_reference_gives_the_online_losses_and_rewards(tiny_dir: Path, tokenizer, collate):
-    records = read_local(str(SHIPPED / "helpful-base-test.jsonl.gz"), "error", Counter())[:12]
+    records = read_records(str(SHIPPED / "helpful-base-test.jsonl.gz")).records[:12]
     pairs = PairTokenizer(tokenizer, 160, 64)(records)[:6]
     torch.manual_seed(0)
     module = DPOModule(str(tiny_dir), beta=0.1)

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import csv
 import math
-from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -14,7 +13,7 @@ from transformers import AutoModelForCausalLM, AutoModelForSequenceClassificatio
 
 from hhalign.data.batches import collate_packed_pairs, collate_pairs
 from hhalign.data.pairs import PairTokenizer
-from hhalign.data.records import read_local
+from hhalign.data.reading import read_records
 from hhalign.data.templates import ChatTemplate, to_messages
 from hhalign.errors import ModelLoadError
 from hhalign.models.importing import IMPORT_INFO, import_gguf
@@ -87,7 +86,7 @@ def real_tokenizer(smollm2_dir: Path):
 
 @pytest.fixture(scope="module")
 def real_pairs(real_tokenizer) -> list:
-    records = read_local(str(SHIPPED / "helpful-base-test.jsonl.gz"), "error", Counter())[:24]
+    records = read_records(str(SHIPPED / "helpful-base-test.jsonl.gz")).records[:24]
     return PairTokenizer(real_tokenizer, 1024, None, ChatTemplate(real_tokenizer))(records)  # nothing cut
 
 
@@ -101,7 +100,7 @@ def test_the_real_tokenizer_pads_with_its_eos(smollm2_dir: Path, real_tokenizer)
 def test_chat_template_pairs_share_their_prompt_tokens_and_match_the_template(real_tokenizer, real_pairs):
     """Chosen and rejected are one prompt list plus a response, and prompt + response is exactly what
     tokenizing the whole templated conversation gives: the shared prompt is the template's own tokens."""
-    records = read_local(str(SHIPPED / "helpful-base-test.jsonl.gz"), "error", Counter())[:24]
+    records = read_records(str(SHIPPED / "helpful-base-test.jsonl.gz")).records[:24]
     template = ChatTemplate(real_tokenizer)
     checked = 0
     for record, pair in zip(records, PairTokenizer(real_tokenizer, 4096, None, template)(records), strict=True):

@@ -1,7 +1,8 @@
 """Tokenized examples cached on disk, so a large dataset is tokenized once, not on every run and resume.
 
-The key is everything the examples depend on: the source files (path, size, modification time), the
-split and length settings, the kind of example, and the tokenizer itself (its serialized vocabulary and
+The key is everything the examples depend on: the source files (path, size, modification time: with the
+column mapping, they fix the records' format), the split and length settings, the kind of example, and the
+tokenizer itself (its serialized vocabulary and
 merges, special tokens and chat template). A hit skips reading the records too. Examples are stored as flat
 integer arrays (``numpy.savez``, read back without pickle), so a cache file can run no code.
 """
@@ -17,9 +18,9 @@ from typing import Any
 
 import numpy as np
 
-from hhalign.data.records import is_jsonl_source, local_files
+from hhalign.data.sources import local_identity
 
-CACHE_VERSION = 1  # raise when tokenization changes what it makes of the same records
+CACHE_VERSION = 2  # raise when tokenization changes what it makes of the same records
 CACHE_ENV = "HHALIGN_CACHE"
 
 
@@ -40,18 +41,9 @@ def tokenizer_identity(tokenizer: Any) -> str:
     return hashlib.sha256("\0".join(parts).encode()).hexdigest()
 
 
-def source_identity(path: str | None) -> Any:
-    """Local JSONL sources by their files' paths, sizes and modification times; None when not cacheable
-    (a hub dataset, which ``datasets`` caches itself)."""
-    if path is None:
-        return []
-    if not is_jsonl_source(path):
-        return None
-    return [(str(f.resolve()), f.stat().st_size, f.stat().st_mtime_ns) for f in local_files(path)]
-
-
 def cache_key(settings: dict[str, Any], tokenizer: Any) -> str | None:
-    sources = [source_identity(settings.get("path")), source_identity(settings.get("val_path"))]
+    """None when a source is not local (a hub dataset, which ``datasets`` caches itself)."""
+    sources = [local_identity(settings.get("path")), local_identity(settings.get("val_path"))]
     if any(s is None for s in sources):
         return None
     blob = json.dumps({"v": CACHE_VERSION, "sources": sources, "settings": settings}, sort_keys=True, default=str)

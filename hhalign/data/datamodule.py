@@ -21,11 +21,14 @@ from torch.utils.data import DataLoader
 from torchdata.stateful_dataloader import StatefulDataLoader
 
 from hhalign.data import cache
+from hhalign.data.audit import audit
 from hhalign.data.batches import PaddingSide
 from hhalign.data.examples import EXAMPLE_KINDS, ExampleKind, ExampleSettings, sequences_fingerprint
-from hhalign.data.records import OnBadRecord, Record, is_jsonl_source, read_hub, read_local, test_split_of
+from hhalign.data.reading import read_records
+from hhalign.data.records import OnBadRecord, Record, is_messages
 from hhalign.data.samplers import EvalShard, ResumableShuffle
-from hhalign.data.templates import ChatTemplate
+from hhalign.data.sources import source_kind, val_split_of
+from hhalign.data.templates import template_for
 from hhalign.errors import ConfigError, DataError
 from hhalign.models.loading import load_tokenizer
 
@@ -34,7 +37,7 @@ log = logging.getLogger(__name__)
 SUMMARY_FILE = "data_summary.json"
 CACHE_SETTINGS = (
     "path", "data_dir", "val_path", "train_split", "val_split", "valid_fraction", "split_seed", "max_length",
-    "max_response_length", "examples", "chat_template", "on_bad_record",
+    "max_response_length", "examples", "chat_template", "on_bad_record", "columns",
 )  # fmt: skip
 """What the tokenized examples depend on besides the files and the tokenizer: the cache key."""
 
@@ -89,17 +92,18 @@ def length_grouped_batches(lengths: list[int], batch_size: int, seed: int, proce
 
 
 class PreferenceDataModule(L.LightningDataModule):
-    """hh-rlhf style chosen/rejected pairs, tokenized with a shared prompt.
+    """Preference data of any format in ``hhalign.data.formats``, tokenized into the examples the objective reads.
 
     Args:
-        path: A local ``.jsonl``/``.jsonl.gz`` file or folder of them, or a Hugging Face dataset name or
-            folder for ``datasets.load_dataset``.
+        path: A local ``.jsonl``/``.jsonl.gz``/``.json``/``.parquet`` file or folder of them, a ``save_to_disk``
+            folder, or a Hugging Face dataset name or folder for ``datasets.load_dataset``.
         tokenizer_name_or_path: Linked by the CLI to the model's path.
         data_dir: Passed to ``load_dataset`` (e.g. ``helpful-base`` for ``Anthropic/hh-rlhf``).
         val_path: Validate on this source (file, folder or dataset, as ``path``) instead of a part of ``path``.
         train_split: Split to train on (datasets, e.g. a hub name or a local copy of hh-rlhf).
-        val_split: Split to validate on (datasets); when None, the dataset's ``test`` split if it has one
-            beside its training split, otherwise ``valid_fraction`` of the training records, held out
+        val_split: Split to validate on (datasets); when None, the dataset's ``test`` split (or the training
+            split's name with ``train`` replaced by ``test``, as UltraFeedback's ``test_prefs``) if it has one,
+            otherwise ``valid_fraction`` of the training records, held out
             with ``split_seed``. A JSONL file or folder of JSONL files is one pool: ``valid_fraction``.
         shuffle_seed: Seeds the training order, a new permutation each epoch.
         skip_train_batches: Start the first epoch this many batches into that order (as a resume would), so a
@@ -118,8 +122,12 @@ class PreferenceDataModule(L.LightningDataModule):
         examples: The kind of example to build (``hhalign.data.examples.EXAMPLE_KINDS``): ``pairs`` for RM and
             DPO, ``dialogues`` for SFT (each record's chosen dialogue, its assistant turns the targets,
             ``max_length`` bounding the whole). The command line sets it to what the objective reads.
-        chat_template: Render the dialogues through the tokenizer's chat template (Human → user,
-            Assistant → assistant) instead of raw hh-rlhf text, for instruct models.
+        chat_template: Render text records through the tokenizer's chat template (Human → user,
+            Assistant → assistant; plain text is one user turn) instead of raw text, for instruct models.
+            Conversational records always use the template. A Jinja template (a file or its text) replaces the
+            tokenizer's, for one that has none.
+        columns: The source's column for each of hhalign's fields, e.g. ``{"chosen": "response_a",
+            "rejected": "response_b"}``; the other columns keep their names.
     """
 
     def __init__(
@@ -142,7 +150,8 @@ class PreferenceDataModule(L.LightningDataModule):
         shared_prompt: bool = True,
         group_by_length: bool = False,
         examples: ExampleKind = "pairs",
-        chat_template: bool = False,
+        chat_template: bool | str = False,
+        columns: dict[str, str] | None = None,
         num_workers: NonNegativeInt = 0,  # type: ignore[assignment]
         on_bad_record: OnBadRecord = "error",
         trust_remote_code: bool = False,
@@ -156,6 +165,7 @@ class PreferenceDataModule(L.LightningDataModule):
         self.train_examples: list[Any] = []
         self.val_examples: list[Any] = []
         self.summary: dict[str, Any] = {}
+        self.formats: dict[str, str] = {}
         self.collator: Any = None
         self.fingerprint = ""
 
@@ -167,19 +177,19 @@ class PreferenceDataModule(L.LightningDataModule):
 
     def _records(self, source: str, split: str, counts: Counter[str]) -> list[Record]:
         hp = self.hparams
-        if is_jsonl_source(source):
-            return read_local(source, hp.on_bad_record, counts)
-        return read_hub(source, split, hp.data_dir, hp.on_bad_record, counts)
+        read = read_records(source, split, hp.data_dir, hp.columns, hp.on_bad_record, counts)
+        self.formats[source if source_kind(source) == "files" else f"{source}[{split}]"] = read.format
+        return read.records
 
     def _read(self, counts: Counter[str]) -> tuple[list[Record], list[Record], str]:
         """Training and validation records, and where the validation records came from."""
         hp = self.hparams
         train = self._records(hp.path, hp.train_split, counts)
         if hp.val_path:
-            val_split = hp.val_split or test_split_of(hp.val_path, hp.data_dir) or "train"
-            what = "every record" if is_jsonl_source(hp.val_path) else f"{val_split} split"
+            val_split = hp.val_split or val_split_of(hp.val_path, hp.data_dir, hp.train_split) or hp.train_split
+            what = "every record" if source_kind(hp.val_path) == "files" else f"{val_split} split"
             return train, self._records(hp.val_path, val_split, counts), f"{hp.val_path} ({what})"
-        val_split = hp.val_split or test_split_of(hp.path, hp.data_dir)
+        val_split = hp.val_split or val_split_of(hp.path, hp.data_dir, hp.train_split)
         if val_split is None:
             held_out = f"{hp.valid_fraction:g} of {hp.path} held out (split_seed {hp.split_seed})"
             return *split_records(train, hp.valid_fraction, hp.split_seed), held_out
@@ -190,6 +200,8 @@ class PreferenceDataModule(L.LightningDataModule):
             return
         hp = self.hparams
         tokenizer = load_tokenizer(hp.tokenizer_name_or_path, hp.trust_remote_code)
+        if isinstance(hp.chat_template, str):  # a template of the user's: part of the tokenizer, and of the key
+            template_for(tokenizer, hp.chat_template, conversational=True)
         key = cache.cache_key({k: hp[k] for k in CACHE_SETTINGS}, tokenizer) if hp.cache_tokenized else None
         hit = cache.load(key, self.kind.example_type) if key else None
         if hit is not None:
@@ -208,7 +220,11 @@ class PreferenceDataModule(L.LightningDataModule):
         hp = self.hparams
         counts: Counter[str] = Counter()
         train_records, val_records, val_source = self._read(counts)
-        template = ChatTemplate(tokenizer) if hp.chat_template else None
+        conversational = any(
+            is_messages(r.prompt) or is_messages(r.chosen) or is_messages(r.completion)
+            for r in (*train_records, *val_records)
+        )
+        template = template_for(tokenizer, hp.chat_template, conversational)
         tokenize = self.kind.tokenizer(tokenizer, template)
         with tokenizer_threads(hp.num_workers == 0):
             self.train_examples = tokenize(train_records)
@@ -221,6 +237,9 @@ class PreferenceDataModule(L.LightningDataModule):
             )
         self.summary = self._summarize(len(train_records) + len(val_records) + counts["bad_record"], counts)
         self.summary["validation"] = val_source
+        self.summary["format"] = self.formats
+        self.summary["chat_template"] = template is not None
+        self.summary |= audit([*self.train_examples, *self.val_examples], counts, tokenizer)
 
     def _summarize(self, read: int, counts: Counter[str]) -> dict[str, Any]:
         return {

@@ -12,8 +12,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from hhalign.data.pairs import ASSISTANT, HUMAN, TURN_MARKERS, leading_bos
-from hhalign.data.records import Record
-from hhalign.data.templates import to_messages
+from hhalign.data.records import Message, Record
+from hhalign.data.templates import as_messages, reply_messages
+from hhalign.errors import ConfigError
 
 
 @dataclass(frozen=True)
@@ -53,17 +54,40 @@ class DialogueTokenizer:
         self.bos = [] if template is not None else leading_bos(tokenizer)
         self.counts: Counter[str] = Counter()
 
-    def _versions(self, text: str) -> Iterator[list[tuple[str, bool]]]:
-        """The dialogue's pieces, then the same with leading exchanges dropped, one human turn at a time."""
-        if self.template is None:
-            pieces = dialogue_pieces(text)
+    def _versions(self, dialogue: str | list[Message]) -> Iterator[list[tuple[str, bool]]]:
+        """The dialogue's pieces, then the same with leading exchanges dropped, one human turn at a time (the
+        leading system messages kept)."""
+        if isinstance(dialogue, str):
+            pieces = dialogue_pieces(dialogue)
             yield pieces
             yield from (pieces[i:] for i, (part, _) in enumerate(pieces) if part == HUMAN and i > 0)
             return
-        messages = to_messages(text)
-        for i, message in enumerate(messages):
-            if i == 0 or message["role"] == "user":
-                yield self.template.pieces(messages[i:])
+        system = 0
+        while system < len(dialogue) and dialogue[system]["role"] == "system":
+            system += 1
+        yield self.template.pieces(dialogue)
+        for i in range(system + 1, len(dialogue)):
+            if dialogue[i]["role"] == "user":
+                yield self.template.pieces(dialogue[:system] + dialogue[i:])
+
+    def _dialogue(self, record: Record) -> str | list[Message] | None:
+        """The record's chosen conversation: text without a template, messages with one; None when it has no
+        assistant turn with content."""
+        if not record.is_pair:
+            return None
+        chosen, prompt = record.chosen, record.prompt
+        if self.template is None:
+            if not isinstance(chosen, str) or not isinstance(prompt, (str, type(None))):
+                raise ConfigError("conversational records need a chat template to be rendered (data.chat_template)")
+            text = chosen if prompt is None else prompt + chosen
+            found = any(is_target and part.strip() for part, is_target in dialogue_pieces(text))
+            return text if found else None
+        if prompt is None:  # an hh-rlhf transcript: its turns
+            messages = as_messages(chosen)  # type: ignore[arg-type]
+        else:
+            messages = [*as_messages(prompt), *reply_messages(chosen)]  # type: ignore[arg-type]
+        found = any(m["role"] == "assistant" and m["content"].strip() for m in messages)
+        return messages if found else None
 
     def _tokenize(self, pieces: list[tuple[str, bool]]) -> TokenizedDialogue:
         ids, targets = list(self.bos), [0] * len(self.bos)
@@ -80,11 +104,11 @@ class DialogueTokenizer:
     def __call__(self, records: list[Record]) -> list[TokenizedDialogue]:
         dialogues = []
         for record in records:
-            text = record.chosen if record.prompt is None else record.prompt + record.chosen
-            if not any(is_target and part.strip() for part, is_target in dialogue_pieces(text)):
+            conversation = self._dialogue(record)
+            if conversation is None:
                 self.counts["drop:no_assistant_turn"] += 1
                 continue
-            versions = self._versions(text)
+            versions = self._versions(conversation)
             dialogue = self._tokenize(next(versions))
             for shorter in versions:
                 if len(dialogue.ids) <= self.max_length:

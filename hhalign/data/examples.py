@@ -23,8 +23,9 @@ from hhalign.data.batches import (
     collate_unpaired,
 )
 from hhalign.data.dialogues import DialogueTokenizer, TokenizedDialogue
-from hhalign.data.pairs import PairTokenizer, TokenizedPair
+from hhalign.data.pairs import PairTokenizer, TokenizedPair, is_empty
 from hhalign.data.prompts import PromptTokenizer, TokenizedPrompt
+from hhalign.data.records import Record
 
 
 @dataclass(frozen=True)
@@ -97,8 +98,8 @@ class TokenizedCompletion:
 
 
 class UnpairedExamples:
-    """Unpaired completions labelled desirable or not (KTO): each pair gives its chosen response as a
-    desirable completion and its rejected one as an undesirable completion, tokenized as for pairs."""
+    """Unpaired completions labelled desirable or not (KTO): unpaired records as they are, and each pair's chosen
+    response as a desirable completion and its rejected one as an undesirable one, tokenized as for pairs."""
 
     noun = "completions"
     example_type = TokenizedCompletion
@@ -109,10 +110,20 @@ class UnpairedExamples:
     def tokenizer(self, tokenizer: Any, template: Any) -> Callable[[list], list[TokenizedCompletion]]:
         tokenize = self.pairs.tokenizer(tokenizer, template)
 
-        def split(records: list) -> list[TokenizedCompletion]:
-            return [
+        def split(records: list[Record]) -> list[TokenizedCompletion]:
+            unpaired = [r for r in records if r.completion is not None]
+            kept = [r for r in unpaired if not is_empty(r.completion)]  # type: ignore[arg-type]
+            tokenize.counts["drop:empty_response"] += len(unpaired) - len(kept)
+            encoded = tokenize.completions([(r.prompt, r.completion) for r in kept])  # type: ignore[misc]
+            completions = [
+                TokenizedCompletion(ids[0], ids[1], bool(record.label))
+                for record, ids in zip(kept, encoded, strict=True)
+                if ids is not None
+            ]
+            pairs = tokenize([r for r in records if r.completion is None])
+            return completions + [
                 TokenizedCompletion(p.prompt, completion, desirable)
-                for p in tokenize(records)
+                for p in pairs
                 for completion, desirable in ((p.chosen, True), (p.rejected, False))
             ]
 

@@ -13,8 +13,8 @@ from collections import Counter
 from dataclasses import dataclass
 from typing import Any
 
-from hhalign.data.records import Record
-from hhalign.errors import ModelLoadError
+from hhalign.data.records import Record, Turns
+from hhalign.errors import ConfigError, ModelLoadError
 
 ASSISTANT = "\n\nAssistant:"
 HUMAN = "\n\nHuman:"
@@ -56,6 +56,22 @@ def turn_starts(prompt: str) -> list[int]:
     return starts
 
 
+def shorter_prompts(prompt: Turns) -> list[Turns]:
+    """The prompt with whole exchanges dropped from the left, longest first: text from each later human turn;
+    messages from each later user turn, the leading system messages kept."""
+    if isinstance(prompt, str):
+        return [prompt[start:] for start in turn_starts(prompt) if start > 0]
+    system = 0
+    while system < len(prompt) and prompt[system]["role"] == "system":
+        system += 1
+    starts = [i for i, m in enumerate(prompt) if m["role"] == "user" and i > system]
+    return [prompt[:system] + prompt[i:] for i in starts]
+
+
+def is_empty(turns: Turns) -> bool:
+    return not turns.strip() if isinstance(turns, str) else not any(m["content"].strip() for m in turns)
+
+
 class PairTokenizer:
     """Tokenize and truncate records, counting every cut and drop by reason.
 
@@ -83,21 +99,31 @@ class PairTokenizer:
         self.bos = [] if template is not None else leading_bos(tokenizer)
         self.counts: Counter[str] = Counter()
 
-    def _prompt_text(self, prompt: str) -> str:
-        return self.template.prompt(prompt) if self.template is not None else prompt
+    def _prompt_text(self, prompt: Turns) -> str:
+        if self.template is not None:
+            return self.template.prompt(prompt)
+        return self._plain(prompt)
 
-    def _response_text(self, prompt: str, response: str) -> str:
-        return self.template.response(prompt, response) if self.template is not None else response
+    def _response_text(self, prompt: Turns, response: Turns) -> str:
+        if self.template is not None:
+            return self.template.response(prompt, response)
+        return self._plain(response)
 
-    def encode_prompt(self, prompt: str) -> list[int]:
+    @staticmethod
+    def _plain(turns: Turns) -> str:
+        if not isinstance(turns, str):
+            raise ConfigError("conversational records need a chat template to be rendered (data.chat_template)")
+        return turns
+
+    def encode_prompt(self, prompt: Turns) -> list[int]:
         """One prompt's ids as training sees them (BOS or template included, not truncated)."""
         return self.bos + self._encode([self._prompt_text(prompt)])[0]
 
-    def encode_response(self, prompt: str, response: str) -> list[int]:
+    def encode_response(self, prompt: Turns, response: Turns) -> list[int]:
         """One response's ids as training sees them (end-of-turn or EOS included)."""
         return self._response(self._encode([self._response_text(prompt, response)])[0])
 
-    def encode_prompt_texts(self, prompts: list[str]) -> list[list[int]]:
+    def encode_prompt_texts(self, prompts: list[Turns]) -> list[list[int]]:
         """Prompts' ids before ``fit_prompt`` (no BOS yet, template applied), in one tokenizer call."""
         return self._encode([self._prompt_text(p) for p in prompts])
 
@@ -112,13 +138,13 @@ class PairTokenizer:
             return ids[: self.max_response_length]
         return ids
 
-    def fit_prompt(self, prompt: str, ids: list[int], budget: int) -> list[int] | None:
+    def fit_prompt(self, prompt: Turns, ids: list[int], budget: int) -> list[int] | None:
         """The prompt's ids with BOS within ``budget`` tokens, whole human turns cut from the left; None when
         its last human turn alone does not fit."""
         if len(self.bos) + len(ids) <= budget:
             return self.bos + ids
-        for start in (s for s in turn_starts(prompt) if s > 0):
-            shorter = self.bos + self._encode([self._prompt_text(prompt[start:])])[0]
+        for cut in shorter_prompts(prompt):
+            shorter = self.bos + self._encode([self._prompt_text(cut)])[0]
             if len(shorter) <= budget:
                 self.counts["cut:prompt"] += 1
                 return shorter
@@ -126,7 +152,7 @@ class PairTokenizer:
 
     def __call__(self, records: list[Record]) -> list[TokenizedPair]:
         """Tokenize a list of records; the dropped ones are only counted."""
-        texts: list[tuple[str, str, str]] = []
+        texts: list[tuple[Turns, Turns, Turns]] = []
         margins: list[float | None] = []
         for record in records:
             parts = self._parts(record)
@@ -152,17 +178,32 @@ class PairTokenizer:
                 pairs.append(TokenizedPair(prompt_ids, chosen_ids, rejected_ids, margin))
         return pairs
 
-    def _parts(self, record: Record) -> tuple[str, str, str] | None:
-        if record.prompt is not None and not record.chosen and not record.rejected:
-            self.counts["drop:prompt_only"] += 1
+    def completions(self, pairs: list[tuple[Turns, Turns]]) -> list[tuple[list[int], list[int]] | None]:
+        """``(prompt ids, completion ids)`` of each ``(prompt, completion)``, bounded as a pair's prompt and longer
+        response are; None (counted) where the prompt does not fit."""
+        prompts = self._encode([self._prompt_text(p) for p, _ in pairs])
+        replies = self._encode([self._response_text(p, c) for p, c in pairs])
+        out: list[tuple[list[int], list[int]] | None] = []
+        for (prompt, _), prompt_ids, reply_ids in zip(pairs, prompts, replies, strict=True):
+            reply_ids = self._response(reply_ids)
+            fitted = self.fit_prompt(prompt, prompt_ids, self.max_length - len(reply_ids))
+            if fitted is None:
+                self.counts["drop:prompt_too_long"] += 1
+            out.append(None if fitted is None else (fitted, reply_ids))
+        return out
+
+    def _parts(self, record: Record) -> tuple[Turns, Turns, Turns] | None:
+        if not record.is_pair:
+            self.counts["drop:unpaired" if record.completion is not None else "drop:prompt_only"] += 1
             return None
+        assert record.chosen is not None and record.rejected is not None
         if record.prompt is not None:
-            parts: tuple[str, str, str] | None = (record.prompt, record.chosen, record.rejected)
+            parts: tuple[Turns, Turns, Turns] | None = (record.prompt, record.chosen, record.rejected)
         else:
-            parts = split_dialogues(record.chosen, record.rejected)
+            parts = split_dialogues(record.chosen, record.rejected)  # type: ignore[arg-type]
         if parts is None:
-            self.counts["drop:no_assistant_turn"] += 1
-        elif not parts[1].strip() or not parts[2].strip():
+            self.counts["drop:no_shared_prompt"] += 1
+        elif is_empty(parts[1]) or is_empty(parts[2]):
             self.counts["drop:empty_response"] += 1
         elif parts[1] == parts[2]:
             self.counts["drop:identical"] += 1

@@ -3,12 +3,13 @@ as training tokenizes a pair's prompt (BOS or chat template, whole human turns c
 
 from __future__ import annotations
 
+import json
 from collections import Counter
 from dataclasses import dataclass
 from typing import Any
 
-from hhalign.data.pairs import PairTokenizer, split_dialogues
-from hhalign.data.records import Record
+from hhalign.data.pairs import PairTokenizer, is_empty, split_dialogues
+from hhalign.data.records import Record, Turns
 
 
 @dataclass(frozen=True)
@@ -18,12 +19,12 @@ class TokenizedPrompt:
     prompt: list[int]
 
 
-def prompt_text(record: Record) -> str | None:
-    """The record's prompt: its ``prompt`` field, or the shared history of an hh-rlhf pair up to the
-    last assistant marker; None when a pair has none."""
+def prompt_of(record: Record) -> Turns | None:
+    """The record's prompt: its ``prompt`` field (text or messages), or the shared history of an hh-rlhf pair up
+    to the last assistant marker; None when a pair has none."""
     if record.prompt is not None:
         return record.prompt
-    parts = split_dialogues(record.chosen, record.rejected)
+    parts = split_dialogues(record.chosen, record.rejected)  # type: ignore[arg-type]
     return None if parts is None else parts[0]
 
 
@@ -44,16 +45,17 @@ class PromptTokenizer:
         self.counts: Counter[str] = self.pairs.counts  # one tally: the prompt cuts are counted there
 
     def __call__(self, records: list[Record]) -> list[TokenizedPrompt]:
-        texts: list[str] = []
+        texts: list[Turns] = []
         seen: set[str] = set()
         for record in records:
-            text = prompt_text(record)
-            if text is None or not text.strip():
+            text = prompt_of(record)
+            key = text if isinstance(text, str) else json.dumps(text)
+            if text is None or is_empty(text):
                 self.counts["drop:no_prompt"] += 1
-            elif text in seen:
+            elif key in seen:
                 self.counts["drop:repeated_prompt"] += 1
             else:
-                seen.add(text)
+                seen.add(key)
                 texts.append(text)
         prompts = []
         for text, ids in zip(texts, self.pairs.encode_prompt_texts(texts), strict=True):

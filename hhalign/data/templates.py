@@ -1,6 +1,7 @@
-"""hh-rlhf dialogues through a tokenizer's chat template, for aligning instruct models in their own format.
+"""Dialogues through a tokenizer's chat template, for aligning instruct models in their own format.
 
-``"\\n\\nHuman:"`` turns become ``user`` messages and ``"\\n\\nAssistant:"`` turns ``assistant`` messages.
+Conversational records are messages already; in hh-rlhf text ``"\\n\\nHuman:"`` turns become ``user`` messages
+and ``"\\n\\nAssistant:"`` turns ``assistant`` messages, and plain text with neither is one user turn.
 A prompt is rendered with the generation prompt appended; a response is what the template adds to the
 prompt's rendering when the reply joins the conversation, so every response of a prompt shares the
 prompt's text, and tokens, exactly.
@@ -8,9 +9,11 @@ prompt's text, and tokens, exactly.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from hhalign.data.pairs import ASSISTANT, HUMAN, TURN_MARKERS
+from hhalign.data.records import Message, Turns
 from hhalign.errors import ConfigError
 
 _ROLES = {HUMAN: "user", ASSISTANT: "assistant"}
@@ -30,20 +33,52 @@ def to_messages(text: str) -> list[dict[str, str]]:
     return messages
 
 
+def as_messages(turns: Turns) -> list[Message]:
+    """A prompt or dialogue as messages: messages as they are, hh-rlhf text parsed, plain text one user turn."""
+    if isinstance(turns, list):
+        return turns
+    return to_messages(turns) or [{"role": "user", "content": turns.strip()}]
+
+
+def reply_messages(turns: Turns) -> list[Message]:
+    """A reply as messages: a string is one assistant message (surrounding space cut, as hh-rlhf's replies)."""
+    return turns if isinstance(turns, list) else [{"role": "assistant", "content": turns.strip()}]
+
+
+def template_for(tokenizer: Any, option: bool | str, conversational: bool) -> ChatTemplate | None:
+    """The chat template a run renders with: none for text records unless ``data.chat_template`` is on; always
+    for conversational records. A string option is a Jinja template (a file, or the text itself) that replaces
+    the tokenizer's."""
+    if isinstance(option, str):
+        path = Path(option).expanduser()
+        text = path.read_text() if path.is_file() else option
+        if "{%" not in text and "{{" not in text:
+            raise ConfigError(
+                f"--data.chat_template {option!r} is neither true/false, a Jinja template file nor a template"
+            )
+        tokenizer.chat_template = text
+        return ChatTemplate(tokenizer)
+    if option or conversational:
+        return ChatTemplate(tokenizer, conversational and not option)
+    return None
+
+
 class ChatTemplate:
     """Render prompts and responses with ``tokenizer.apply_chat_template``."""
 
-    def __init__(self, tokenizer: Any) -> None:
+    def __init__(self, tokenizer: Any, for_messages: bool = False) -> None:
         if not getattr(tokenizer, "chat_template", None):
-            raise ConfigError(
-                f"tokenizer {tokenizer.name_or_path!r} has no chat template; turn data.chat_template off "
-                "(raw hh-rlhf text) or use an instruct model's tokenizer"
+            fix = (
+                "conversational records are rendered by the chat template: set --data.chat_template to a Jinja "
+                "template file, or use an instruct model's tokenizer"
+                if for_messages
+                else "turn data.chat_template off (raw hh-rlhf text) or use an instruct model's tokenizer"
             )
+            raise ConfigError(f"tokenizer {tokenizer.name_or_path!r} has no chat template; {fix}")
         self.tokenizer = tokenizer
 
-    def prompt(self, prompt_text: str) -> str:
-        messages = to_messages(prompt_text)
-        return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    def prompt(self, prompt: Turns) -> str:
+        return self.tokenizer.apply_chat_template(as_messages(prompt), tokenize=False, add_generation_prompt=True)
 
     def pieces(self, messages: list[dict[str, str]]) -> list[tuple[str, bool]]:
         """``(text, is_target)`` pieces of a conversation; concatenated, the template's rendering. Each
@@ -70,15 +105,14 @@ class ChatTemplate:
                 "first turns changes when a turn is added), so targets cannot be placed; turn data.chat_template off"
             )
 
-    def response(self, prompt_text: str, response_text: str) -> str:
+    def response(self, prompt: Turns, response: Turns) -> str:
         """The text the template adds for the reply, its end-of-turn marker included (trailing space cut)."""
-        messages = to_messages(prompt_text)
-        prompt = self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-        reply = {"role": "assistant", "content": response_text.strip()}
-        full = self.tokenizer.apply_chat_template([*messages, reply], tokenize=False)
-        if not full.startswith(prompt):
+        messages = as_messages(prompt)
+        rendered = self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        full = self.tokenizer.apply_chat_template([*messages, *reply_messages(response)], tokenize=False)
+        if not full.startswith(rendered):
             raise ConfigError(
                 "the tokenizer's chat template does not render a conversation as its prompt followed by the reply, "
                 "so chosen and rejected could not share their prompt tokens; turn data.chat_template off"
             )
-        return full[len(prompt) :].rstrip()
+        return full[len(rendered) :].rstrip()

@@ -10,7 +10,7 @@ import torch
 from torch import nn
 from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
 
-from hhalign.data.records import missing_local_path
+from hhalign.data.sources import missing_local_path
 from hhalign.errors import ModelLoadError
 from hhalign.models.trained import TrainedWeights, is_checkpoint_file, read_trained_weights
 

@@ -16,7 +16,7 @@ import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
-from hhalign.data.records import read_local
+from hhalign.data.reading import read_records
 
 BOS, EOS = "<|startoftext|>", "<|endoftext|>"
 SIZES = {
@@ -30,7 +30,7 @@ DEFAULT_DATA = "data/hh-rlhf"
 
 
 def _texts(data: str) -> Iterator[str]:
-    for record in read_local(data, "skip", Counter()):
+    for record in read_records(data, on_bad_record="skip", counts=Counter()).records:
         yield record.chosen
         yield record.rejected
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import argparse
 import inspect
-from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -83,11 +82,11 @@ def held_out_pairs(data: dict[str, Any], tokenizer_path: str) -> list[TokenizedP
 
 
 def pairs_from_file(path: str, tokenizer: Any, max_length: int, max_response_length: int | None, chat: bool) -> list:
-    from hhalign.data.records import read_local
+    from hhalign.data.reading import read_records
     from hhalign.data.templates import ChatTemplate
 
     tokenize = PairTokenizer(tokenizer, max_length, max_response_length, ChatTemplate(tokenizer) if chat else None)
-    pairs = tokenize(read_local(path, "error", Counter()))
+    pairs = tokenize(read_records(path).records)
     if not pairs:
         raise DataError(f"--data {path}: no usable pairs (drops: {dict(tokenize.counts)})")
     return pairs

@@ -6,14 +6,13 @@ from __future__ import annotations
 
 import argparse
 import json
-from collections import Counter
 from typing import Any
 
 import torch
 
 from hhalign.data.batches import collate_sequences
 from hhalign.data.pairs import ASSISTANT, HUMAN, PairTokenizer, TokenizedPair
-from hhalign.data.records import read_local
+from hhalign.data.reading import read_records
 from hhalign.data.templates import ChatTemplate
 from hhalign.errors import DataError
 from hhalign.models.loading import load_model, load_tokenizer
@@ -81,7 +80,7 @@ def score(argv: list[str] | None = None) -> None:
     template = ChatTemplate(tokenizer) if args.chat_template else None
     tokenize = PairTokenizer(tokenizer, args.max_length, template=template)
     if args.pairs:
-        pairs = tokenize(read_local(args.pairs, "error", Counter()))
+        pairs = tokenize(read_records(args.pairs).records)
         if not pairs:
             raise DataError(f"{args.pairs}: no usable pairs (drops: {dict(tokenize.counts)})")
         values = rewards(module, _rows(pairs))

@@ -1,0 +1,65 @@
+"""Reading a source into records: its rows (``sources``), their columns renamed, their format detected from the
+first record and required of the rest (``formats``), each bad record raised with its origin or skipped and
+counted."""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from hhalign.data.formats import apply_columns, detect, to_record
+from hhalign.data.records import OnBadRecord, Record
+from hhalign.data.sources import data_files, dataset_rows, file_rows, source_kind
+from hhalign.errors import DataError
+
+
+@dataclass(frozen=True)
+class Source:
+    """What was read from one source: its records and their format."""
+
+    records: list[Record]
+    format: str
+
+
+def rows(path: str, split: str = "train", data_dir: str | None = None) -> Iterator[tuple[str, Any]]:
+    """``(origin, raw)`` for every row of a source; a row that could not be decoded is a ``DataError`` value."""
+    if source_kind(path) == "files":
+        for file in data_files(path):
+            yield from file_rows(file)
+    else:
+        yield from dataset_rows(path, split, data_dir)
+
+
+def read_records(
+    path: str,
+    split: str = "train",
+    data_dir: str | None = None,
+    columns: Mapping[str, str] | None = None,
+    on_bad_record: OnBadRecord = "error",
+    counts: Counter[str] | None = None,
+) -> Source:
+    """Every record of one source. The first good record fixes the format; a bad record raises ``DataError``
+    naming its origin or, with ``skip``, is counted in ``counts["bad_record"]``."""
+    counts = Counter() if counts is None else counts
+    records: list[Record] = []
+    fmt = first = None
+    for origin, raw in rows(path, split, data_dir):
+        try:
+            if isinstance(raw, DataError):
+                raise raw
+            raw = apply_columns(raw, columns, origin)
+            if fmt is None:
+                fmt, first = detect(raw, origin), origin
+            records.append(to_record(raw, origin, fmt, first))
+        except DataError as err:
+            if on_bad_record == "skip":
+                counts["bad_record"] += 1
+                continue
+            raise DataError(
+                f"{err}. Fix the record, or set data.on_bad_record: skip to drop and count bad ones"
+            ) from None
+    if not records:
+        raise DataError(f"no usable records in {path!r}" + (f" [{split}]" if source_kind(path) != "files" else ""))
+    return Source(records, fmt)  # type: ignore[arg-type]
