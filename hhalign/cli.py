@@ -45,6 +45,7 @@ TOOLS = {
     "score": "hhalign.tools.use:score",
     "generate": "hhalign.tools.use:generate",
     "evaluate": "hhalign.tools.evaluate:main",
+    "data": "hhalign.tools.data_inspect:main",
 }
 """Subcommands that are not a Trainer method, mapped to ``module:function(argv)``."""
 

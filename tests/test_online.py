@@ -35,7 +35,7 @@ def test_each_distinct_prompt_once_bounded_to_leave_room_for_a_completion(tokeni
 def test_prompt_only_records_read_and_pair_objectives_drop_them():
     record = to_record({"prompt": "\n\nHuman: hi\n\nAssistant:"}, "f.jsonl:3")
     assert (record.prompt, record.chosen, record.rejected) == ("\n\nHuman: hi\n\nAssistant:", None, None)
-    with pytest.raises(Exception, match="f.jsonl:4: field 'prompt' must be a non-empty list"):
+    with pytest.raises(Exception, match="f.jsonl:4: field 'prompt' must be a string or a list"):
         to_record({"prompt": 3}, "f.jsonl:4")
 
 

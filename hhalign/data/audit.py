@@ -44,10 +44,13 @@ def render(example: Any, decode: Any) -> str:
         return "".join(text)
     named = spans(example)
     prompt = decode(named.pop("prompt")[0])
-    replies = [f"[{name}] {prompt}{_wrap(decode(ids), True)}" for name, (ids, _) in named.items()]
-    if "desirable" in vars(example):
-        replies = [f"{r}  (label: {'desirable' if example.desirable else 'undesirable'})" for r in replies]
-    return "\n".join(replies) if replies else prompt
+    replies = [(name, _wrap(decode(ids), True)) for name, (ids, _) in named.items()]
+    if not replies:
+        return prompt
+    (first, text), *others = replies
+    label = f"  [{'desirable' if example.desirable else 'undesirable'}]" if "desirable" in vars(example) else ""
+    lines = [f"{prompt}{text}{label}" if first == "completion" else f"{prompt}{text}  [{first}]"]
+    return "\n".join(lines + [f"[{name}, after the same prompt] {text}" for name, text in others])
 
 
 def _wrap(text: str, scored: bool) -> str:

@@ -211,6 +211,8 @@ class PreferenceDataModule(L.LightningDataModule):
             self._tokenize(tokenizer)
             if key:
                 cache.save(key, self.train_examples, self.val_examples, self.summary)
+        cuts = {f"cut:{k}": v for k, v in self.summary["cut"].items()}
+        self.summary |= audit([*self.train_examples, *self.val_examples], cuts, tokenizer)
         self.collator = self.kind.collator(tokenizer.pad_token_id)
         self.fingerprint = sequences_fingerprint(self.kind.identity(self.train_examples))
         log.info("data: %s", json.dumps(self.summary))
@@ -239,7 +241,7 @@ class PreferenceDataModule(L.LightningDataModule):
         self.summary["validation"] = val_source
         self.summary["format"] = self.formats
         self.summary["chat_template"] = template is not None
-        self.summary |= audit([*self.train_examples, *self.val_examples], counts, tokenizer)
+
 
     def _summarize(self, read: int, counts: Counter[str]) -> dict[str, Any]:
         return {

@@ -129,6 +129,8 @@ class _Fields:
 
     def turns(self, key: str) -> Turns:
         value = self._get(key)
+        if not isinstance(value, (str, list)):
+            raise self._wrong(key, "a string or a list of {'role', 'content'} messages", value)
         return value if isinstance(value, str) else self.messages(key)
 
     def messages(self, key: str) -> list[dict[str, str]]:
