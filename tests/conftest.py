@@ -125,3 +125,25 @@ def smollm2_dir() -> Path:
         except ModelLoadError as err:
             pytest.skip(f"SmolLM2-135M-Instruct could not be built here: {err}")
     return SMOLLM2
+
+
+CHAT_TEMPLATE = (
+    "{{ bos_token }}{% for m in messages %}{{ '[' + m['role'] + '] ' + m['content'] + eos_token }}{% endfor %}"
+    "{% if add_generation_prompt %}{{ '[assistant] ' }}{% endif %}"
+)
+"""A small chat template: each turn ``[role] content<eos>``, the reply opened by ``[assistant] ``."""
+
+
+@pytest.fixture(scope="session")
+def tiny_chat_dir(tmp_path_factory: pytest.TempPathFactory, tiny_dir: Path) -> Path:
+    """The tiny model's folder with ``CHAT_TEMPLATE`` in its tokenizer (whose pad is its EOS)."""
+    import shutil
+
+    from hhalign.models.loading import load_tokenizer
+
+    out = tmp_path_factory.mktemp("tiny-chat")
+    shutil.copytree(tiny_dir, out, dirs_exist_ok=True)
+    tokenizer = load_tokenizer(str(tiny_dir))
+    tokenizer.chat_template = CHAT_TEMPLATE
+    tokenizer.save_pretrained(out)
+    return out
