@@ -146,8 +146,8 @@ def stopping_model(model: LlamaForCausalLM, eos_logit: float) -> LlamaForCausalL
 
 
 def real_pairs(tokenizer, n: int) -> list[TokenizedPair]:
-    from hhalign.data.pairs import PairTokenizer
     from hhalign.data.formats import to_record
+    from hhalign.data.pairs import PairTokenizer
     from tests.conftest import shipped_records
 
     return PairTokenizer(tokenizer, 96, 32)([to_record(r, f"row {i}") for i, r in enumerate(shipped_records(n + 8))])[

@@ -167,14 +167,19 @@ def test_a_saved_dataset_dict_validates_on_its_test_split_by_name(tmp_path, tiny
     """UltraFeedback's splits are train_prefs / test_prefs: the test split is found from the training split's name."""
     import datasets
 
+    def ultrafeedback(i: int) -> dict:  # its documented columns: a prompt string beside the whole conversations
+        return implicit(i) | {"prompt": f"question {i}?", "prompt_id": str(i), "score_chosen": 8.0, "score_rejected": 3.0}
+
     splits = datasets.DatasetDict(
-        {"train_prefs": datasets.Dataset.from_list(_variants(10, implicit)),
-         "test_prefs": datasets.Dataset.from_list(_variants(4, implicit))}
+        {"train_prefs": datasets.Dataset.from_list(_variants(10, ultrafeedback)),
+         "test_prefs": datasets.Dataset.from_list(_variants(4, ultrafeedback))}
     )  # fmt: skip
     splits.save_to_disk(str(tmp_path / "uf"))
     data = _module(tmp_path / "uf", tiny_chat_dir, train_split="train_prefs")
     assert len(data.train_examples) == 10 and len(data.val_examples) == 4
     assert data.summary["validation"].endswith("(test_prefs split)")
+    assert data.summary["format"] == {f"{tmp_path / 'uf'}[train_prefs]": "conversational-implicit",
+                                      f"{tmp_path / 'uf'}[test_prefs]": "conversational-implicit"}  # fmt: skip
 
 
 def test_a_local_hub_layout_of_parquet_loads_through_datasets(tmp_path, tiny_chat_dir):
@@ -280,8 +285,9 @@ def test_inspect_prints_the_shipped_datas_known_counts(capsys, tiny_dir):
     from tests.conftest import REPO
 
     shipped = REPO / "data" / "hh-rlhf" / "harmless-base-test.jsonl.gz"
-    main(["data", "inspect", "--config", str(REPO / "configs" / "tiny" / "dpo.yaml"),
-          "--model.model_name_or_path", str(tiny_dir), "--data.path", str(shipped), "--data.max_length", "100000"])  # fmt: skip
+    config = str(REPO / "configs" / "tiny" / "dpo.yaml")
+    flags = ["--model.model_name_or_path", str(tiny_dir), "--data.path", str(shipped), "--data.max_length", "100000"]
+    main(["data", "inspect", "--config", config, *flags])
     out = capsys.readouterr().out
     assert "format:     hh-rlhf" in out and "read:       2,312 records; kept 2,308" in out
     assert "dropped:    empty_response 4\n" in out
@@ -297,6 +303,17 @@ def test_a_runs_data_summary_holds_the_audit(tmp_path, tiny_dir, small_jsonl):
     summary = json.loads((run / "data_summary.json").read_text())
     assert summary["format"] == {str(small_jsonl): "hh-rlhf"} and summary["read"] == 48
     assert set(summary["tokens"]) == {"prompt", "chosen", "rejected"} and len(summary["rendered"]) == 2
-    assert 0 <= summary["longer_reply_wins"] <= 1 and Counter(summary["dropped"]).total() + sum(
-        summary["kept"].values()
-    ) == 48
+    assert (
+        0 <= summary["longer_reply_wins"] <= 1
+        and Counter(summary["dropped"]).total() + sum(summary["kept"].values()) == 48
+    )
+
+
+def test_sft_reads_a_conversational_pairs_chosen_conversation(tmp_path, tiny_chat_dir):
+    path = write_jsonl(tmp_path / "chat.jsonl", _variants(8, conversational))
+    data = _module(path, tiny_chat_dir, examples="dialogues")
+    tokenizer = load_tokenizer(str(tiny_chat_dir))
+    dialogue = data.train_examples[0]
+    targets = tokenizer.decode([t for t, on in zip(dialogue.ids, dialogue.targets, strict=True) if on])
+    assert tokenizer.decode(dialogue.ids).startswith("<|startoftext|>[system] Be brief.")
+    assert targets.startswith("hello!<|endoftext|>answer ") and "question" not in targets

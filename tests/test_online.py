@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from hhalign.data.prompts import PromptTokenizer
 from hhalign.data.formats import to_record
+from hhalign.data.prompts import PromptTokenizer
 from hhalign.data.records import Record
 from hhalign.errors import ConfigError
 from tests.conftest import fit_tiny, tiny_fit_args, write_jsonl

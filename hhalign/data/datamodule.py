@@ -242,7 +242,6 @@ class PreferenceDataModule(L.LightningDataModule):
         self.summary["format"] = self.formats
         self.summary["chat_template"] = template is not None
 
-
     def _summarize(self, read: int, counts: Counter[str]) -> dict[str, Any]:
         return {
             "read": read,

@@ -10,8 +10,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from hhalign.data.formats import apply_columns, detect, to_record
-from hhalign.data.records import OnBadRecord, Record
+from hhalign.data.pairs import PairTokenizer, TokenizedPair
+from hhalign.data.records import OnBadRecord, Record, is_messages
 from hhalign.data.sources import data_files, dataset_rows, file_rows, source_kind
+from hhalign.data.templates import template_for
 from hhalign.errors import DataError
 
 
@@ -63,3 +65,18 @@ def read_records(
     if not records:
         raise DataError(f"no usable records in {path!r}" + (f" [{split}]" if source_kind(path) != "files" else ""))
     return Source(records, fmt)  # type: ignore[arg-type]
+
+
+def read_pairs(
+    path: str, tokenizer: Any, max_length: int, max_response_length: int | None = None, chat_template: bool = False
+) -> list[TokenizedPair]:
+    """The pairs of a file as training would tokenize them (for the tools that score or judge a file's pairs):
+    conversational records through the chat template, text records through it when ``chat_template``."""
+    source = read_records(path)
+    conversational = any(is_messages(r.prompt) or is_messages(r.chosen) for r in source.records)
+    template = template_for(tokenizer, chat_template, conversational)
+    tokenize = PairTokenizer(tokenizer, max_length, max_response_length, template)
+    pairs = tokenize(source.records)
+    if not pairs:
+        raise DataError(f"{path}: no usable pairs (drops: {dict(tokenize.counts)})")
+    return pairs

@@ -1,7 +1,8 @@
 """``hhalign data inspect``: what a run would train on, read and tokenized as the run would, without training.
 
 It takes the same ``--config`` and ``--data.*`` flags as ``hhalign fit`` and builds the same data module (the
-objective decides the kind of example, the model's tokenizer tokenizes), but loads no weights and writes nothing but the tokenization cache.
+objective decides the kind of example, the model's tokenizer tokenizes), but loads no weights and writes nothing
+but the tokenization cache.
 """
 
 from __future__ import annotations

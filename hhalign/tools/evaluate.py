@@ -14,8 +14,8 @@ import torch
 import yaml
 from lightning.pytorch.callbacks import Callback
 
-from hhalign.data.pairs import PairTokenizer, TokenizedPair
-from hhalign.errors import DataError, UserError
+from hhalign.data.pairs import TokenizedPair
+from hhalign.errors import UserError
 from hhalign.models.generation import Sampling
 from hhalign.models.loading import load_model, load_tokenizer
 from hhalign.tools.judging import RESULTS_FILE, Evaluation, Judge, check_reward_model, choose_prompts, evaluate
@@ -82,14 +82,9 @@ def held_out_pairs(data: dict[str, Any], tokenizer_path: str) -> list[TokenizedP
 
 
 def pairs_from_file(path: str, tokenizer: Any, max_length: int, max_response_length: int | None, chat: bool) -> list:
-    from hhalign.data.reading import read_records
-    from hhalign.data.templates import ChatTemplate
+    from hhalign.data.reading import read_pairs
 
-    tokenize = PairTokenizer(tokenizer, max_length, max_response_length, ChatTemplate(tokenizer) if chat else None)
-    pairs = tokenize(read_records(path).records)
-    if not pairs:
-        raise DataError(f"--data {path}: no usable pairs (drops: {dict(tokenize.counts)})")
-    return pairs
+    return read_pairs(path, tokenizer, max_length, max_response_length, chat)
 
 
 def check_same_vocabulary(tokenizer: Any, others: dict[str, str]) -> None:

@@ -12,9 +12,8 @@ import torch
 
 from hhalign.data.batches import collate_sequences
 from hhalign.data.pairs import ASSISTANT, HUMAN, PairTokenizer, TokenizedPair
-from hhalign.data.reading import read_records
+from hhalign.data.reading import read_pairs
 from hhalign.data.templates import ChatTemplate
-from hhalign.errors import DataError
 from hhalign.models.loading import load_model, load_tokenizer
 from hhalign.objectives.reward import RewardModule
 
@@ -80,14 +79,12 @@ def score(argv: list[str] | None = None) -> None:
     template = ChatTemplate(tokenizer) if args.chat_template else None
     tokenize = PairTokenizer(tokenizer, args.max_length, template=template)
     if args.pairs:
-        pairs = tokenize(read_records(args.pairs).records)
-        if not pairs:
-            raise DataError(f"{args.pairs}: no usable pairs (drops: {dict(tokenize.counts)})")
+        pairs = read_pairs(args.pairs, tokenizer, args.max_length, chat_template=args.chat_template)
         values = rewards(module, _rows(pairs))
         chosen, rejected = values[: len(pairs)], values[len(pairs) :]
         for c, r in zip(chosen, rejected, strict=True):
             print(json.dumps({"chosen_reward": round(c, 6), "rejected_reward": round(r, 6)}))
-        print(pair_report(pairs, chosen, rejected) + f"  dropped: {dict(tokenize.counts)}")
+        print(pair_report(pairs, chosen, rejected))
         return
     prompt = as_prompt(args.prompt)
     prompt_ids = tokenize.encode_prompt(prompt)
