@@ -118,3 +118,25 @@ def test_an_online_run_is_evaluated_on_the_prompts_of_its_held_out_pairs(runs: d
     results = json.loads((rloo / "eval" / "evaluation.json").read_text())
     assert results["label"] == "tiny/rloo (β=0.05)" and results["prompts"] == 4
     assert results["held_out_pairs"] == json.loads((runs["dpo"] / "data_summary.json").read_text())["kept"]["val"]
+
+
+def test_evaluate_samples_a_prompt_only_file_and_leaves_out_the_chosen_comparison(
+    runs: dict[str, Path], capsys: pytest.CaptureFixture[str]
+):
+    from tests.conftest import write_jsonl
+
+    prompts = write_jsonl(
+        runs["root"] / "prompts.jsonl", [{"prompt": f"\n\nHuman: say {w}\n\nAssistant:"} for w in "abcdef"]
+    )
+    out = runs["root"] / "eval-prompts"
+    main([
+        "evaluate", "--policy", str(runs["dpo"] / "export"), "--reference", str(runs["dpo"] / "export"),
+        "--judge", str(runs["judge"]), "--data", str(prompts), "--max-length", "128", "--prompts", "6",
+        "--max-new-tokens", "6", "--out", str(out),
+    ])  # fmt: skip
+    results = json.loads((out / "evaluation.json").read_text())
+    assert results["prompts"] == 6 and "policy_vs_chosen" not in results and set(results["reward"]) == {
+        "policy", "reference"
+    }  # fmt: skip
+    printed = capsys.readouterr().out
+    assert "win rate, policy over reference" in printed and "over dataset chosen" not in printed

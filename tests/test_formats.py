@@ -168,7 +168,8 @@ def test_a_saved_dataset_dict_validates_on_its_test_split_by_name(tmp_path, tiny
     import datasets
 
     def ultrafeedback(i: int) -> dict:  # its documented columns: a prompt string beside the whole conversations
-        return implicit(i) | {"prompt": f"question {i}?", "prompt_id": str(i), "score_chosen": 8.0, "score_rejected": 3.0}
+        scores = {"score_chosen": 8.0, "score_rejected": 3.0}
+        return implicit(i) | {"prompt": f"question {i}?", "prompt_id": str(i)} | scores
 
     splits = datasets.DatasetDict(
         {"train_prefs": datasets.Dataset.from_list(_variants(10, ultrafeedback)),
@@ -253,9 +254,15 @@ def test_each_bad_shape_is_one_line_naming_file_and_line(tmp_path, tiny_chat_dir
 
 
 def test_a_conversational_file_with_a_tokenizer_lacking_a_template_names_the_option(tmp_path, tiny_dir):
+    from hhalign.cli import main
+
     path = write_jsonl(tmp_path / "chat.jsonl", _variants(8, conversational))
-    with pytest.raises(Exception, match="has no chat template; conversational records .* --data.chat_template"):
-        _module(path, tiny_dir)
+    args = ["--model", "hhalign.DPOModule", "--model.model_name_or_path", str(tiny_dir), "--data.path", str(path)]
+    with pytest.raises(SystemExit) as stop:
+        main(["data", "inspect", *args])
+    text = str(stop.value.code)
+    assert text.startswith(f"hhalign: error: {path}:1: conversational records are rendered by the tokenizer's chat")
+    assert "--data.chat_template" in text and "\n" not in text
 
 
 def test_a_missing_mapped_column_fails_before_any_model_loads(tmp_path, tiny_dir, monkeypatch):

@@ -25,7 +25,7 @@ from hhalign.data.audit import audit
 from hhalign.data.batches import PaddingSide
 from hhalign.data.examples import EXAMPLE_KINDS, ExampleKind, ExampleSettings, sequences_fingerprint
 from hhalign.data.reading import read_records
-from hhalign.data.records import OnBadRecord, Record, is_messages
+from hhalign.data.records import OnBadRecord, Record, first_conversational
 from hhalign.data.samplers import EvalShard, ResumableShuffle
 from hhalign.data.sources import source_kind, val_split_of
 from hhalign.data.templates import template_for
@@ -201,7 +201,7 @@ class PreferenceDataModule(L.LightningDataModule):
         hp = self.hparams
         tokenizer = load_tokenizer(hp.tokenizer_name_or_path, hp.trust_remote_code)
         if isinstance(hp.chat_template, str):  # a template of the user's: part of the tokenizer, and of the key
-            template_for(tokenizer, hp.chat_template, conversational=True)
+            template_for(tokenizer, hp.chat_template, None)
         key = cache.cache_key({k: hp[k] for k in CACHE_SETTINGS}, tokenizer) if hp.cache_tokenized else None
         hit = cache.load(key, self.kind.example_type) if key else None
         if hit is not None:
@@ -222,10 +222,7 @@ class PreferenceDataModule(L.LightningDataModule):
         hp = self.hparams
         counts: Counter[str] = Counter()
         train_records, val_records, val_source = self._read(counts)
-        conversational = any(
-            is_messages(r.prompt) or is_messages(r.chosen) or is_messages(r.completion)
-            for r in (*train_records, *val_records)
-        )
+        conversational = first_conversational([*train_records, *val_records])
         template = template_for(tokenizer, hp.chat_template, conversational)
         tokenize = self.kind.tokenizer(tokenizer, template)
         with tokenizer_threads(hp.num_workers == 0):

@@ -11,7 +11,8 @@ from typing import Any
 
 from hhalign.data.formats import apply_columns, detect, to_record
 from hhalign.data.pairs import PairTokenizer, TokenizedPair
-from hhalign.data.records import OnBadRecord, Record, is_messages
+from hhalign.data.prompts import PromptTokenizer, TokenizedPrompt
+from hhalign.data.records import OnBadRecord, Record, first_conversational
 from hhalign.data.sources import data_files, dataset_rows, file_rows, source_kind
 from hhalign.data.templates import template_for
 from hhalign.errors import DataError
@@ -67,16 +68,29 @@ def read_records(
     return Source(records, fmt)  # type: ignore[arg-type]
 
 
+def read_examples(
+    path: str, tokenizer: Any, max_length: int, max_response_length: int | None = None, chat_template: bool = False
+) -> list[TokenizedPair] | list[TokenizedPrompt]:
+    """A file's pairs as training would tokenize them, or its prompts when it holds prompts alone (for the tools
+    that score, judge or sample a file): conversational records through the chat template, text records through
+    it when ``chat_template``."""
+    source = read_records(path)
+    template = template_for(tokenizer, chat_template, first_conversational(source.records))
+    if source.format == "prompt-only":
+        tokenize: Any = PromptTokenizer(tokenizer, max_length, max_response_length, template)
+    else:
+        tokenize = PairTokenizer(tokenizer, max_length, max_response_length, template)
+    examples = tokenize(source.records)
+    if not examples:
+        raise DataError(f"{path}: no usable {source.format} records (drops: {dict(tokenize.counts)})")
+    return examples
+
+
 def read_pairs(
     path: str, tokenizer: Any, max_length: int, max_response_length: int | None = None, chat_template: bool = False
 ) -> list[TokenizedPair]:
-    """The pairs of a file as training would tokenize them (for the tools that score or judge a file's pairs):
-    conversational records through the chat template, text records through it when ``chat_template``."""
-    source = read_records(path)
-    conversational = any(is_messages(r.prompt) or is_messages(r.chosen) for r in source.records)
-    template = template_for(tokenizer, chat_template, conversational)
-    tokenize = PairTokenizer(tokenizer, max_length, max_response_length, template)
-    pairs = tokenize(source.records)
-    if not pairs:
-        raise DataError(f"{path}: no usable pairs (drops: {dict(tokenize.counts)})")
-    return pairs
+    """``read_examples`` for a tool that needs pairs: a prompt-only file is refused."""
+    examples = read_examples(path, tokenizer, max_length, max_response_length, chat_template)
+    if not isinstance(examples[0], TokenizedPair):
+        raise DataError(f"{path}: holds prompts alone; this command scores pairs (prompt, chosen, rejected)")
+    return examples  # type: ignore[return-value]

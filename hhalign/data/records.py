@@ -37,3 +37,9 @@ class Record:
 
 def is_messages(turns: Turns | None) -> bool:
     return isinstance(turns, list)
+
+
+def first_conversational(records: list[Record]) -> str | None:
+    """The origin of the first record holding chat messages (which the chat template must render), or None."""
+    fields = ("prompt", "chosen", "rejected", "completion")
+    return next((r.origin for r in records if any(is_messages(getattr(r, f)) for f in fields)), None)

@@ -45,10 +45,10 @@ def reply_messages(turns: Turns) -> list[Message]:
     return turns if isinstance(turns, list) else [{"role": "assistant", "content": turns.strip()}]
 
 
-def template_for(tokenizer: Any, option: bool | str, conversational: bool) -> ChatTemplate | None:
+def template_for(tokenizer: Any, option: bool | str, conversational: str | None) -> ChatTemplate | None:
     """The chat template a run renders with: none for text records unless ``data.chat_template`` is on; always
-    for conversational records. A string option is a Jinja template (a file, or the text itself) that replaces
-    the tokenizer's."""
+    when there are conversational records (``conversational`` names the first one's origin). A string option is
+    a Jinja template (a file, or the text itself) that replaces the tokenizer's."""
     if isinstance(option, str):
         path = Path(option).expanduser()
         text = path.read_text() if path.is_file() else option
@@ -59,22 +59,27 @@ def template_for(tokenizer: Any, option: bool | str, conversational: bool) -> Ch
         tokenizer.chat_template = text
         return ChatTemplate(tokenizer)
     if option or conversational:
-        return ChatTemplate(tokenizer, conversational and not option)
+        return ChatTemplate(tokenizer, None if option else conversational)
     return None
 
 
 class ChatTemplate:
     """Render prompts and responses with ``tokenizer.apply_chat_template``."""
 
-    def __init__(self, tokenizer: Any, for_messages: bool = False) -> None:
+    def __init__(self, tokenizer: Any, messages_at: str | None = None) -> None:
+        """``messages_at``: where the conversational records that need the template begin, for the error."""
         if not getattr(tokenizer, "chat_template", None):
-            fix = (
-                "conversational records are rendered by the chat template: set --data.chat_template to a Jinja "
-                "template file, or use an instruct model's tokenizer"
-                if for_messages
-                else "turn data.chat_template off (raw hh-rlhf text) or use an instruct model's tokenizer"
+            name = tokenizer.name_or_path
+            if messages_at is not None:
+                raise ConfigError(
+                    f"{messages_at}: conversational records are rendered by the tokenizer's chat template, and "
+                    f"tokenizer {name!r} has none; set --data.chat_template to a Jinja template file, or use an "
+                    "instruct model's tokenizer"
+                )
+            raise ConfigError(
+                f"tokenizer {name!r} has no chat template; turn data.chat_template off (raw hh-rlhf text) or use an "
+                "instruct model's tokenizer"
             )
-            raise ConfigError(f"tokenizer {tokenizer.name_or_path!r} has no chat template; {fix}")
         self.tokenizer = tokenizer
 
     def prompt(self, prompt: Turns) -> str:

@@ -43,8 +43,9 @@ def logged_scalars(results: dict[str, Any]) -> dict[str, float]:
     for name, keys in LOGGED.items():
         value: Any = results
         for key in keys:
-            value = value[key]
-        out[f"eval/{name}"] = float(value)
+            value = value.get(key) if isinstance(value, dict) else None
+        if value is not None:  # prompt-only data has no chosen reply to compare with
+            out[f"eval/{name}"] = float(value)
     return out
 
 
@@ -82,9 +83,9 @@ def held_out_pairs(data: dict[str, Any], tokenizer_path: str) -> list[TokenizedP
 
 
 def pairs_from_file(path: str, tokenizer: Any, max_length: int, max_response_length: int | None, chat: bool) -> list:
-    from hhalign.data.reading import read_pairs
+    from hhalign.data.reading import read_examples
 
-    return read_pairs(path, tokenizer, max_length, max_response_length, chat)
+    return read_examples(path, tokenizer, max_length, max_response_length, chat)
 
 
 def check_same_vocabulary(tokenizer: Any, others: dict[str, str]) -> None:
@@ -122,7 +123,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--policy", help="policy folder or .ckpt (default RUN/export)")
     parser.add_argument("--reference", help="the model to compare with (default: the run's reference)")
     parser.add_argument("--judge", required=True, help="a reward model's export folder or RM .ckpt")
-    parser.add_argument("--data", help="JSONL of pairs to draw prompts from (default: the run's validation pairs)")
+    parser.add_argument(
+        "--data", help="pairs or prompts to sample, in any record format (default: the run's validation pairs)"
+    )
     parser.add_argument("--prompts", type=int, default=64, help="held-out prompts, drawn with --seed")
     parser.add_argument("--samples", type=int, default=1, help="completions per prompt and model")
     parser.add_argument("--max-new-tokens", type=int, default=64)

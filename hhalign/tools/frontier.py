@@ -47,7 +47,7 @@ def frontier_row(evaluation: dict[str, Any]) -> dict[str, Any]:
         "win_rate_vs_reference": win["win_rate"],
         "win_low": win["interval95"][0],
         "win_high": win["interval95"][1],
-        "win_rate_vs_chosen": evaluation["policy_vs_chosen"]["win_rate"],
+        "win_rate_vs_chosen": evaluation.get("policy_vs_chosen", {}).get("win_rate", float("nan")),
         "policy_tokens": evaluation["length"]["policy"]["mean"],
         "prompts": evaluation["prompts"],
         "source": evaluation["file"],

@@ -99,7 +99,8 @@ def evaluate(
     chosen ones too, with its EOS (``Completion.ended``)."""
     started = time.perf_counter()
     prompts = [p.prompt for p in pairs for _ in range(samples)]
-    chosen = [p.chosen for p in pairs for _ in range(samples)]
+    has_chosen = all(hasattr(p, "chosen") for p in pairs)  # prompt-only data has no dataset reply to compare
+    chosen = [p.chosen for p in pairs for _ in range(samples)] if has_chosen else []
 
     def draw(model: Any, model_seed: int, name: str) -> list[Completion]:
         label = f"sampling {name}" if progress else None
@@ -129,22 +130,27 @@ def evaluate(
         )
         for side in drawn
     }
-    chosen_scores = judge(
-        [p.prompt + Completion(p.chosen, p.chosen[-1:] == [stop_id]).ended(stop_id) for p in pairs],
-        "judging the chosen replies" if progress else None,
-    )
-    scores["chosen"] = [s for s in chosen_scores for _ in range(samples)]
     lengths = {side: [len(t) for t in tokens[side]] for side in drawn}
-    lengths["chosen"] = [len(c) for c in chosen]
+    if has_chosen:
+        chosen_scores = judge(
+            [p.prompt + Completion(p.chosen, p.chosen[-1:] == [stop_id]).ended(stop_id) for p in pairs],
+            "judging the chosen replies" if progress else None,
+        )
+        scores["chosen"] = [s for s in chosen_scores for _ in range(samples)]
+        lengths["chosen"] = [len(c) for c in chosen]
     K = samples
+    versus_chosen = {
+        f"{side}_vs_chosen": estimates.compare(scores[side], scores["chosen"], K).as_dict()
+        for side in ("policy", "reference")
+        if has_chosen
+    }
     results: dict[str, Any] = {
         "prompts": len(pairs),
         "samples_per_prompt": K,
         "sampling": dataclasses.asdict(sampling),
         "kl_from_model_samples": sampling.samples_the_model,
         "policy_vs_reference": estimates.compare(scores["policy"], scores["reference"], K).as_dict(),
-        "policy_vs_chosen": estimates.compare(scores["policy"], scores["chosen"], K).as_dict(),
-        "reference_vs_chosen": estimates.compare(scores["reference"], scores["chosen"], K).as_dict(),
+        **versus_chosen,
         "reward": {side: estimates.mean_over_prompts(scores[side], K).as_dict() for side in scores},
         "kl": estimates.kl_estimate(log_ratio["policy"], lengths["policy"], K).as_dict(),
         "reverse_kl": estimates.kl_estimate([-r for r in log_ratio["reference"]], lengths["reference"], K).as_dict(),
@@ -162,7 +168,7 @@ def evaluate(
     rows = []
     for i in range(len(prompts)):
         row: dict[str, Any] = {"prompt_index": i // K, "sample": i % K, "prompt": decode(prompts[i], True)}
-        for side in ("policy", "reference", "chosen"):
+        for side in scores:
             row[side] = decode(tokens[side][i] if side in tokens else chosen[i])
             row[f"{side}_reward"] = scores[side][i]
             row[f"{side}_tokens"] = lengths[side][i]
@@ -195,8 +201,14 @@ def format_results(results: dict[str, Any]) -> str:
         f"== hhalign evaluate: {results['prompts']} prompts × {results['samples_per_prompt']} samples, "
         f"{results['sampling']['max_new_tokens']} new tokens at most ==",
         share("policy_vs_reference", "win rate, policy over reference"),
-        share("policy_vs_chosen", "win rate, policy over dataset chosen"),
-        share("reference_vs_chosen", "win rate, reference over chosen"),
+        *(
+            share(name, what)
+            for name, what in (
+                ("policy_vs_chosen", "win rate, policy over dataset chosen"),
+                ("reference_vs_chosen", "win rate, reference over chosen"),
+            )
+            if name in results
+        ),
         share("longer_wins", "'longer wins' baseline (policy)"),
         f"  {'judge prefers the longer reply':<34} {results['judge_prefers_longer']:.3f}",
         "  mean reward: " + ", ".join(f"{side} {mean(e)}" for side, e in results["reward"].items()),
