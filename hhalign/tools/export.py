@@ -5,6 +5,7 @@ never exported; weights are written as safetensors."""
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 from pathlib import Path
 from typing import Any
@@ -22,20 +23,95 @@ EXPORT_INFO = "hhalign_export.json"
 
 def export_model(model: nn.Module, tokenizer: Any, out: str | Path, info: dict[str, Any]) -> Path:
     """Write ``model`` (safetensors), its tokenizer and ``hhalign_export.json`` (provenance and, for a
-    reward model, the mean and standard deviation of its validation rewards) into ``out``.
+    reward model, the mean and standard deviation of its validation rewards and how to read it) into ``out``.
 
-    A reward model's config gets no ``pad_token_id`` when pad equals EOS: the library's pooling would
-    otherwise take the EOS it was trained to read for padding and score the token before it. Unpadded
-    sequences are then scored at their last token, the EOS, as in training.
+    A reward model is made readable by plain ``transformers`` where hhalign trained it to read: see
+    ``readable_reward_model``.
     """
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    if info.get("head") == "reward" and tokenizer.pad_token_id == tokenizer.eos_token_id:
-        model.config.pad_token_id = None
+    if info.get("head") == "reward":
+        tokenizer = copy.deepcopy(tokenizer)
+        info = {**info, "reading": readable_reward_model(model, tokenizer)}
+        (out / "README.md").write_text(reward_card(info["reading"]))
     model.save_pretrained(out, safe_serialization=True)
     tokenizer.save_pretrained(out)
     (out / EXPORT_INFO).write_text(json.dumps(info, indent=2) + "\n")
     return out
+
+
+TRIMMED_TEMPLATE = (
+    "{% set hhalign_rendered %}TEMPLATE{% endset %}"
+    "{% if add_generation_prompt %}{{ hhalign_rendered }}{% else %}{{ hhalign_rendered.rstrip() }}{% endif %}"
+)
+"""A chat template that renders a finished conversation without the whitespace after its last end-of-turn."""
+PROBE = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]
+
+
+def readable_reward_model(model: nn.Module, tokenizer: Any) -> dict[str, Any]:
+    """Make ``AutoModelForSequenceClassification`` read the score at each reply's EOS, as hhalign trained it.
+
+    The library pools the rightmost token that is not ``config.pad_token_id``. With pad == EOS that is the token
+    before the EOS, so the export pads with a special token that never ends a real sequence (UNK, else BOS); and
+    a chat template that ends a turn with ``<eos>\n`` (SmolLM2's) would be read at the ``\n``, so the exported
+    template leaves out the whitespace after a finished conversation's last end-of-turn. Returns how to read it.
+    """
+    eos = tokenizer.eos_token_id
+    if tokenizer.pad_token_id == eos:
+        spare = next((t for t in (tokenizer.unk_token, tokenizer.bos_token) if t and t != tokenizer.eos_token), None)
+        if spare is not None:
+            tokenizer.pad_token = spare
+    plain = tokenizer.pad_token_id != eos
+    model.config.pad_token_id = tokenizer.pad_token_id if plain else None  # None: unpadded rows read at the end
+    trimmed = False
+    template = getattr(tokenizer, "chat_template", None)
+    if isinstance(template, str):
+        rendered = tokenizer.apply_chat_template(PROBE, tokenize=False)
+        if rendered != rendered.rstrip() and rendered.rstrip().endswith(tokenizer.eos_token):
+            tokenizer.chat_template = TRIMMED_TEMPLATE.replace("TEMPLATE", template)
+            trimmed = tokenizer.apply_chat_template(PROBE, tokenize=False) == rendered.rstrip()
+            if not trimmed:
+                tokenizer.chat_template = template
+    return {
+        "score_at": "the EOS that ends each reply",
+        "eos_token_id": eos,
+        "pad_token_id": tokenizer.pad_token_id,
+        "batched_with_padding": plain,
+        "chat_template_trimmed": trimmed,
+    }
+
+
+def reward_card(reading: dict[str, Any]) -> str:
+    """The export's README: how to score with it outside hhalign."""
+    batch = (
+        "Batches may be padded on either side: the pad token is never the last real token."
+        if reading["batched_with_padding"]
+        else "Its tokenizer pads with its EOS, so score one unpadded sequence at a time."
+    )
+    ending = (
+        "The chat template ends a finished conversation at its last end-of-turn (no trailing newline), so the "
+        "score is read there."
+        if reading["chat_template_trimmed"]
+        else "Without a chat template, end each text with the EOS token."
+    )
+    return f"""# hhalign reward model
+
+Trained with hhalign (Bradley-Terry on preference pairs) to read its score at the EOS token that ends each reply
+(id {reading["eos_token_id"]}). Read it with plain `transformers`:
+
+```python
+from transformers import AutoModelForSequenceClassification, AutoTokenizer
+tokenizer = AutoTokenizer.from_pretrained(PATH)
+model = AutoModelForSequenceClassification.from_pretrained(PATH)
+texts = tokenizer.apply_chat_template(conversations, tokenize=False)  # each ending with the assistant's reply
+batch = tokenizer(texts, padding=True, add_special_tokens=False, return_tensors="pt")
+scores = model(**batch).logits[:, 0]
+```
+
+{batch} {ending}
+Scores are comparable between replies to the same prompt; `hhalign_export.json` holds their validation mean and
+standard deviation.
+"""
 
 
 def export_checkpoint(ckpt: str, out: str) -> Path:
