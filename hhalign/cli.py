@@ -23,6 +23,7 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 from hhalign.data.datamodule import PreferenceDataModule
 from hhalign.errors import UserError, explain_parse_error
 from hhalign.objectives.base import AlignmentModule
+from hhalign.options import closest
 from hhalign.tools.plot import PlotAtFitEnd
 from hhalign.tools.summary import RunSummary
 from hhalign.training.checkpointing import AtomicCheckpointIO
@@ -31,23 +32,29 @@ from hhalign.training.preemption import Preempted, Preemption
 from hhalign.training.sharding import refuse_deepspeed
 
 WANDB_ID_FILE = "wandb_run_id.txt"
+TRAINER_COMMANDS = {
+    "fit": "train an objective: SFT, DPO and its family, KTO, a reward model, RLOO / GRPO, online DPO",
+    "validate": "the validation metrics of a checkpoint, on its data or on other data (--data.val_path)",
+    "test": "as validate, logged under test/",
+}
+"""The Trainer methods the command runs (``predict`` is not one: ``score`` and ``generate`` do that work)."""
 QUIET_PARSERS: dict[str, Any] = {"exit_on_error": False} | {
-    command: {"exit_on_error": False} for command in ("fit", "validate", "test", "predict")
+    command: {"exit_on_error": False} for command in TRAINER_COMMANDS
 }
 """Parse errors are raised to ``main``, which prints them as one line, instead of after a usage dump."""
 TOOLS = {
-    "make-tiny": "hhalign.models.tiny:main",
-    "import-gguf": "hhalign.models.importing:import_main",
-    "get-model": "hhalign.models.importing:get_model_main",
-    "export": "hhalign.tools.export:main",
-    "plot": "hhalign.tools.plot:main",
-    "summary": "hhalign.tools.summary:main",
-    "score": "hhalign.tools.use:score",
-    "generate": "hhalign.tools.use:generate",
-    "evaluate": "hhalign.tools.evaluate:main",
-    "data": "hhalign.tools.data_inspect:main",
+    "data": ("hhalign.tools.data_inspect:main", "data inspect: a run's data read and tokenized, without training"),
+    "evaluate": ("hhalign.tools.evaluate:main", "sample policy and reference, judge them by a reward model, KL"),
+    "export": ("hhalign.tools.export:main", "a checkpoint as a Hugging Face folder (safetensors)"),
+    "score": ("hhalign.tools.use:score", "rewards of replies, or of a file's pairs, from a reward model"),
+    "generate": ("hhalign.tools.use:generate", "a reply from a policy"),
+    "plot": ("hhalign.tools.plot:main", "a run's curves, or the reward-KL frontier of evaluations"),
+    "summary": ("hhalign.tools.summary:main", "the final numbers of one or more runs"),
+    "get-model": ("hhalign.models.importing:get_model_main", "build a known real model offline (SmolLM2-135M)"),
+    "import-gguf": ("hhalign.models.importing:import_main", "a GGUF file as a Hugging Face folder"),
+    "make-tiny": ("hhalign.models.tiny:main", "a tiny offline tokenizer and random Llama, for trying the machinery"),
 }
-"""Subcommands that are not a Trainer method, mapped to ``module:function(argv)``."""
+"""Subcommands that are not a Trainer method: ``module:function(argv)`` and a line for ``hhalign --help``."""
 
 
 RANK_VARIABLES = ("RANK", "LOCAL_RANK", "NODE_RANK", "SLURM_PROCID", "JSM_NAMESPACE_RANK")
@@ -72,8 +79,26 @@ class SaveConfigEverywhere(SaveConfigCallback):
                 logger.experiment.config.update({"hhalign_config": resolved}, allow_val_change=True)
 
 
+def overview() -> str:
+    """``hhalign --help``: every command with a line."""
+    lines = ["usage: hhalign COMMAND [options]   (hhalign COMMAND --help: its options)", "", "training (Lightning):"]
+    lines += [f"  {name:<12} {what}" for name, what in TRAINER_COMMANDS.items()]
+    lines += ["", "data, runs and models:"]
+    lines += [f"  {name:<12} {what}" for name, (_, what) in TOOLS.items()]
+    lines += [
+        "",
+        "Options are written with underscores everywhere: --data.max_length, --trainer.max_steps, --max_new_tokens.",
+        "The training commands read YAML: --config configs/smollm2/dpo.yaml, any key then as a flag.",
+    ]
+    return "\n".join(lines)
+
+
 class HHAlignCLI(LightningCLI):
     """Adds the run naming (``outputs/<experiment_name>/<trial_name>/``) and the default loggers."""
+
+    @staticmethod
+    def subcommands() -> dict[str, set[str]]:
+        return {k: v for k, v in LightningCLI.subcommands().items() if k in TRAINER_COMMANDS}
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.add_argument("--experiment_name", type=str, default="hhalign", help="Group of runs; wandb project.")
@@ -175,6 +200,37 @@ for _name in ("lightning.fabric.utilities.rank_zero", "lightning.pytorch.utiliti
     logging.getLogger(_name).addFilter(DropAdverts())
 
 
+def known_options() -> list[str]:
+    """Every option the training commands take, for "did you mean": the top-level ones, the data module's, each
+    objective's and the Trainer's, as ``--group.name``."""
+    import inspect
+
+    from lightning import Trainer
+
+    def parameters(cls: type) -> set[str]:
+        return {n for n in inspect.signature(cls.__init__).parameters if n not in ("self", "args", "kwargs")}
+
+    def subclasses(cls: type) -> list[type]:
+        return [cls, *(s for sub in cls.__subclasses__() for s in subclasses(sub))]
+
+    import pkgutil
+
+    import hhalign.objectives
+
+    for info in pkgutil.iter_modules(hhalign.objectives.__path__):  # every objective, registered as a subclass
+        importlib.import_module(f"hhalign.objectives.{info.name}")
+
+    model = set().union(*(parameters(c) for c in subclasses(AlignmentModule)))
+    top = ["--config", "--ckpt_path", "--print_config", "--seed_everything", "--experiment_name", "--trial_name",
+           "--output_dir", "--wandb_mode", "--overwrite"]  # fmt: skip
+    return [
+        *top,
+        *(f"--model.{n}" for n in sorted(model)),
+        *(f"--data.{n}" for n in sorted(parameters(PreferenceDataModule))),
+        *(f"--trainer.{n}" for n in sorted(parameters(Trainer))),
+    ]
+
+
 def expand_extends(argv: list[str]) -> list[str]:
     """``--config FILE`` whose YAML says ``extends: BASE`` becomes ``--config BASE --config <FILE's text
     without that key>``: the base first, so the file's keys and the later flags win. ``BASE`` is relative to
@@ -206,8 +262,8 @@ def _config_chain(path: Path) -> list[str]:
     return [*_config_chain(base), "--config", yaml.safe_dump(config, sort_keys=False)]
 
 
-def _tool(spec: str) -> Callable[[list[str]], Any]:
-    module, function = spec.split(":")
+def _tool(name: str) -> Callable[[list[str]], Any]:
+    module, function = TOOLS[name][0].split(":")
     return getattr(importlib.import_module(module), function)
 
 
@@ -223,9 +279,16 @@ def main(args: list[str] | None = None) -> None:
     """Entry point; ``args`` lets tests run the real CLI in-process."""
     argv = sys.argv[1:] if args is None else list(args)
     try:
-        if argv and argv[0] in TOOLS:
-            _tool(TOOLS[argv[0]])(argv[1:])
+        if argv[:1] in ([], ["-h"], ["--help"]):
+            print(overview())
             return
+        if argv[0] in TOOLS:
+            _tool(argv[0])(argv[1:])
+            return
+        if argv[0] not in TRAINER_COMMANDS and not argv[0].startswith("-"):
+            near = closest(argv[0], [*TRAINER_COMMANDS, *TOOLS])
+            hint = f"; did you mean {near}?" if near else ""
+            raise UserError(f"no command {argv[0]!r}{hint} (hhalign --help lists them)")
         HHAlignCLI(
             AlignmentModule,
             PreferenceDataModule,
@@ -244,7 +307,7 @@ def main(args: list[str] | None = None) -> None:
     except UserError as err:  # every process meets it; rank 0 says it once
         sys.exit(1 if launched_worker() else f"hhalign: error: {err}")
     except ArgumentError as err:  # jsonargparse's, for a bad option or config value: one line, no usage dump
-        print(f"hhalign: error: {explain_parse_error(str(err))}", file=sys.stderr)
+        print(f"hhalign: error: {explain_parse_error(str(err), known_options())}", file=sys.stderr)
         sys.exit(2)
 
 

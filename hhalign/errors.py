@@ -5,6 +5,7 @@ from __future__ import annotations
 import ast
 import difflib
 import re
+from collections.abc import Sequence
 
 
 class UserError(Exception):
@@ -34,7 +35,27 @@ def _indent(line: str) -> int:
     return len(line) - len(line.lstrip())
 
 
-def explain_parse_error(message: str) -> str:
+_NOT_ACCEPTED = re.compile(r"Option '([^']+)' is not accepted")
+_UNRECOGNIZED = re.compile(r"^unrecognized arguments: (\S+)")
+
+
+def _did_you_mean(option: str, known: Sequence[str]) -> str:
+    near = difflib.get_close_matches(option, list(known), n=1, cutoff=0.6)
+    return f"; did you mean {near[0]}?" if near else ""
+
+
+def explain_parse_error(message: str, known: Sequence[str] = ()) -> str:
+    """``explain_error`` with, for an unknown option, the closest of the ``known`` ones suggested."""
+    line = explain_error(message)
+    if unknown := _UNRECOGNIZED.search(line):
+        return f"{line}{_did_you_mean(unknown.group(1).split('=', 1)[0], known)}"
+    if (rejected := _NOT_ACCEPTED.search(line)) and line.startswith("--"):
+        option = f"{line.split(':', 1)[0]}.{rejected.group(1)}"
+        return f"{option} is not an option{_did_you_mean(option, known)}"
+    return line
+
+
+def explain_error(message: str) -> str:
     """One line for a jsonargparse error: the option, the value given, and what it accepts (the choices,
     with the closest one, for a fixed set). jsonargparse nests its reasons a level per group, class and
     union; the innermost ``Parser key`` is the option the user wrote, and the lines indented under it

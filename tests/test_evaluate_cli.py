@@ -23,7 +23,7 @@ def runs(tmp_path_factory: pytest.TempPathFactory, tiny_dir: Path, tiny_judge: P
 
 
 def test_evaluate_a_run_on_its_validation_pairs(runs: dict[str, Path], capsys: pytest.CaptureFixture[str]):
-    main(["evaluate", str(runs["dpo"]), "--judge", str(runs["judge"]), "--prompts", "8", "--max-new-tokens", "8"])
+    main(["evaluate", str(runs["dpo"]), "--judge", str(runs["judge"]), "--prompts", "8", "--max_new_tokens", "8"])
     printed = capsys.readouterr().out
     assert "win rate, policy over reference" in printed and "KL(policy‖reference)" in printed
     results = json.loads((runs["dpo"] / "eval" / "evaluation.json").read_text())
@@ -53,8 +53,8 @@ def test_the_frontier_is_drawn_from_three_evaluations_under_each_judge(
             out = runs["root"] / f"eval-{name}-{seed}"
             main([
                 "evaluate", "--policy", str(runs["dpo"] / "export"), "--reference", str(runs["dpo"] / "export"),
-                "--judge", str(judge), "--data", str(runs["data"]), "--max-length", "128", "--prompts", "6",
-                "--max-new-tokens", "6", "--seed", str(seed), "--out", str(out), "--label", f"seed {seed}",
+                "--judge", str(judge), "--data", str(runs["data"]), "--max_length", "128", "--prompts", "6",
+                "--max_new_tokens", "6", "--seed", str(seed), "--out", str(out), "--label", f"seed {seed}",
             ])  # fmt: skip
             folders.append(str(out))
     picture = runs["root"] / "frontier.png"
@@ -114,7 +114,7 @@ def test_an_online_run_is_evaluated_on_the_prompts_of_its_held_out_pairs(runs: d
         "--model.reward_functions", "[tests.online_rewards:share_of_e]", "--model.max_completion_length", "6",
         "--data.batch_size", "2", trial="rloo", steps=1, val_every=1,
     )  # fmt: skip
-    main(["evaluate", str(rloo), "--judge", str(runs["judge"]), "--prompts", "4", "--max-new-tokens", "6"])
+    main(["evaluate", str(rloo), "--judge", str(runs["judge"]), "--prompts", "4", "--max_new_tokens", "6"])
     results = json.loads((rloo / "eval" / "evaluation.json").read_text())
     assert results["label"] == "tiny/rloo (β=0.05)" and results["prompts"] == 4
     assert results["held_out_pairs"] == json.loads((runs["dpo"] / "data_summary.json").read_text())["kept"]["val"]
@@ -131,8 +131,8 @@ def test_evaluate_samples_a_prompt_only_file_and_leaves_out_the_chosen_compariso
     out = runs["root"] / "eval-prompts"
     main([
         "evaluate", "--policy", str(runs["dpo"] / "export"), "--reference", str(runs["dpo"] / "export"),
-        "--judge", str(runs["judge"]), "--data", str(prompts), "--max-length", "128", "--prompts", "6",
-        "--max-new-tokens", "6", "--out", str(out),
+        "--judge", str(runs["judge"]), "--data", str(prompts), "--max_length", "128", "--prompts", "6",
+        "--max_new_tokens", "6", "--out", str(out),
     ])  # fmt: skip
     results = json.loads((out / "evaluation.json").read_text())
     assert results["prompts"] == 6 and "policy_vs_chosen" not in results and set(results["reward"]) == {

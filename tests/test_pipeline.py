@@ -211,13 +211,13 @@ def test_score_and_generate_use_the_training_format(
     from hhalign.data.pairs import PairTokenizer
     from hhalign.data.reading import read_records
 
-    main(["generate", "--model", str(sft_run / "export"), "--prompt", "How do I bake bread?", "--max-new-tokens", "8"])
-    main(["generate", "--model", str(sft_run / "export"), "--prompt", "How do I bake bread?", "--max-new-tokens", "8"])
+    main(["generate", "--model", str(sft_run / "export"), "--prompt", "How do I bake bread?", "--max_new_tokens", "8"])
+    main(["generate", "--model", str(sft_run / "export"), "--prompt", "How do I bake bread?", "--max_new_tokens", "8"])
     first, second = capsys.readouterr().out.rstrip("\n").split("\n")[-2:]
     assert first == second and first.strip()  # greedy by default: the same reply twice
     run_dir = _fit(tmp_path, tiny_dir, small_jsonl, "configs/tiny/rm.yaml", "rm")
     ckpt = str(run_dir / "checkpoints" / "last.ckpt")
-    main(["score", "--model", ckpt, "--pairs", str(small_jsonl), "--max-length", "128"])
+    main(["score", "--model", ckpt, "--pairs", str(small_jsonl), "--max_length", "128"])
     lines = capsys.readouterr().out.strip().split("\n")
     scored = [json.loads(line) for line in lines if line.startswith("{")]
     assert lines[-1].startswith(f"pairs: {len(scored)}  preference accuracy: ")

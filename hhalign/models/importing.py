@@ -10,7 +10,6 @@ safetensors, after which nothing downstream knows the weights came from a quanti
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import importlib.util
 import json
@@ -22,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from hhalign.errors import ModelLoadError
+from hhalign.options import ToolParser
 
 IMPORT_INFO = "hhalign_import.json"
 HUB_FILES = ["*.json", "*.safetensors", "*.jinja", "*.txt"]  # config, weights, tokenizer, chat template
@@ -144,7 +144,7 @@ def _write_licence(out: Path, known: KnownModel, origin: str) -> None:
 
 
 def import_main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="hhalign import-gguf", description=__doc__.splitlines()[0])
+    parser = ToolParser(prog="hhalign import-gguf", description=__doc__.splitlines()[0])
     parser.add_argument("gguf_file", help="a .gguf model file (needs the gguf package)")
     parser.add_argument("--out", required=True, help="folder to write the Hugging Face model and tokenizer into")
     args = parser.parse_args(argv)
@@ -153,7 +153,7 @@ def import_main(argv: list[str] | None = None) -> None:
 
 
 def get_model_main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="hhalign get-model", description="Build a known real model offline.")
+    parser = ToolParser(prog="hhalign get-model", description="Build a known real model offline.")
     parser.add_argument("name", choices=sorted(KNOWN_MODELS))
     parser.add_argument("--out", required=True, help="folder to write the Hugging Face model into")
     parser.add_argument(

@@ -7,7 +7,6 @@ where comparing ids with ``pad_token_id`` would go wrong.
 
 from __future__ import annotations
 
-import argparse
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,6 +16,7 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, 
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
 from hhalign.data.reading import read_records
+from hhalign.options import ToolParser
 
 BOS, EOS = "<|startoftext|>", "<|endoftext|>"
 SIZES = {
@@ -84,7 +84,7 @@ def make_tiny(out: str, size: str = "tiny", data: str = DEFAULT_DATA, seed: int 
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="hhalign make-tiny", description=__doc__.splitlines()[0])
+    parser = ToolParser(prog="hhalign make-tiny", description=__doc__.splitlines()[0])
     parser.add_argument("--out", required=True, help="folder to write the tokenizer and model into")
     parser.add_argument("--size", choices=sorted(SIZES), default="tiny")
     parser.add_argument("--data", default=DEFAULT_DATA, help="JSONL file or folder to train the tokenizer on")

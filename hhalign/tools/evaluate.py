@@ -4,7 +4,6 @@ by path; and ``EvaluateAtFitEnd``, the same evaluation when ``fit`` ends, logged
 
 from __future__ import annotations
 
-import argparse
 import inspect
 from pathlib import Path
 from typing import Any
@@ -18,6 +17,7 @@ from hhalign.data.pairs import TokenizedPair
 from hhalign.errors import UserError
 from hhalign.models.generation import Sampling
 from hhalign.models.loading import load_model, load_tokenizer
+from hhalign.options import ToolParser
 from hhalign.tools.judging import RESULTS_FILE, Evaluation, Judge, check_reward_model, choose_prompts, evaluate
 from hhalign.tools.judging import format_results as format_results
 from hhalign.training.sharding import is_fsdp, model_on_one_process
@@ -116,7 +116,7 @@ def sampling_autocast(name: str, device: torch.device) -> Any:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="hhalign evaluate", description=__doc__)
+    parser = ToolParser(prog="hhalign evaluate", description=__doc__)
     parser.add_argument(
         "run", nargs="?", help="an `hhalign fit` run directory: its export, reference and validation pairs"
     )
@@ -128,25 +128,25 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--prompts", type=int, default=64, help="held-out prompts, drawn with --seed")
     parser.add_argument("--samples", type=int, default=1, help="completions per prompt and model")
-    parser.add_argument("--max-new-tokens", type=int, default=64)
+    parser.add_argument("--max_new_tokens", type=int, default=64)
     parser.add_argument("--temperature", type=float, default=1.0, help="1 (the default) samples the model itself")
-    parser.add_argument("--top-p", type=float, default=1.0)
+    parser.add_argument("--top_p", type=float, default=1.0)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--batch_size", type=int, default=16)
     parser.add_argument("--out", help="folder for evaluation.json and samples.jsonl (default RUN/eval)")
     parser.add_argument("--label", help="this point's name in `hhalign plot --frontier` (default: the run, β)")
     parser.add_argument("--device", default="auto", help="auto (cuda when present), cpu, cuda, cuda:1, …")
     parser.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"])
-    parser.add_argument("--max-length", type=int, help="with --data: prompt + reply tokens (the run's, or 512)")
-    parser.add_argument("--max-response-length", type=int, help="with --data: reply tokens (the run's)")
+    parser.add_argument("--max_length", type=int, help="with --data: prompt + reply tokens (the run's, or 512)")
+    parser.add_argument("--max_response_length", type=int, help="with --data: reply tokens (the run's)")
     parser.add_argument(
-        "--chat-template", action="store_true", help="with --data: the tokenizer's chat template (on if the run's)"
+        "--chat_template", action="store_true", help="with --data: the tokenizer's chat template (on if the run's)"
     )
     args = parser.parse_args(argv)
     if not args.run and not (args.policy and args.reference and args.data and args.out):
         parser.error("give a run directory, or --policy, --reference, --data and --out")
     if args.prompts < 1 or args.samples < 1 or args.batch_size < 1:
-        parser.error("--prompts, --samples and --batch-size must be at least 1")
+        parser.error("--prompts, --samples and --batch_size must be at least 1")
     try:
         sampling = Sampling(args.max_new_tokens, args.temperature, args.top_p)
     except ValueError as err:

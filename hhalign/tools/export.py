@@ -4,7 +4,6 @@ never exported; weights are written as safetensors."""
 
 from __future__ import annotations
 
-import argparse
 import copy
 import json
 from pathlib import Path
@@ -16,6 +15,7 @@ from torch import nn
 
 from hhalign.models.loading import load_tokenizer, merged, model_from_trained
 from hhalign.models.trained import read_trained_weights
+from hhalign.options import ToolParser
 from hhalign.training.sharding import model_on_one_process
 
 EXPORT_INFO = "hhalign_export.json"
@@ -152,7 +152,7 @@ class ExportAtFitEnd(Callback):
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="hhalign export", description=__doc__)
+    parser = ToolParser(prog="hhalign export", description=__doc__)
     parser.add_argument(
         "--ckpt", required=True, help="a .ckpt written by `hhalign fit` (or an FSDP run's .ckpt folder)"
     )

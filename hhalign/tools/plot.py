@@ -5,7 +5,6 @@ drawn raw (faint) and smoothed, validation as points joined by a line."""
 
 from __future__ import annotations
 
-import argparse
 import csv
 import importlib
 import math
@@ -17,6 +16,7 @@ import yaml
 from lightning.pytorch.callbacks import Callback
 
 from hhalign.errors import UserError
+from hhalign.options import ToolParser
 
 PLOT_FILE = "curves.png"
 
@@ -130,7 +130,7 @@ class PlotAtFitEnd(Callback):
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="hhalign plot", description=__doc__)
+    parser = ToolParser(prog="hhalign plot", description=__doc__)
     parser.add_argument("paths", nargs="+", metavar="RUN_DIR", help="a run directory holding metrics.csv")
     parser.add_argument("--frontier", action="store_true", help="reward against KL of evaluations (several paths)")
     parser.add_argument("--out", help=f"image to write (default RUN_DIR/{PLOT_FILE}, or frontier.png)")

@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 from pathlib import Path
@@ -13,6 +12,7 @@ import lightning as L
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 
 from hhalign.errors import UserError
+from hhalign.options import ToolParser
 from hhalign.tools.export import ExportAtFitEnd
 
 SUMMARY_FILE = "summary.json"
@@ -162,6 +162,6 @@ def _interval_cell(value: float | None, interval: dict[str, Any] | None, with_pa
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="hhalign summary", description=__doc__)
+    parser = ToolParser(prog="hhalign summary", description=__doc__)
     parser.add_argument("run_dirs", nargs="+", help="run directories of finished fits")
     print(summary_table(parser.parse_args(argv).run_dirs))

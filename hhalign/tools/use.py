@@ -4,7 +4,6 @@ format text exactly as training did: an hh-rlhf prompt with BOS, the response, t
 
 from __future__ import annotations
 
-import argparse
 import json
 from typing import Any
 
@@ -16,6 +15,7 @@ from hhalign.data.reading import read_pairs
 from hhalign.data.templates import ChatTemplate
 from hhalign.models.loading import load_model, load_tokenizer
 from hhalign.objectives.reward import RewardModule
+from hhalign.options import ToolParser
 
 
 def as_prompt(text: str) -> str:
@@ -62,13 +62,13 @@ def pair_report(pairs: list[TokenizedPair], chosen: list[float], rejected: list[
 
 
 def score(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="hhalign score", description="Rewards from a trained reward model.")
+    parser = ToolParser(prog="hhalign score", description="Rewards from a trained reward model.")
     parser.add_argument("--model", required=True, help="exported reward-model folder or RewardModule .ckpt")
     parser.add_argument("--prompt", help="a question or an hh-rlhf dialogue prefix")
     parser.add_argument("--response", action="append", default=[], help="a response to score (repeatable)")
     parser.add_argument("--pairs", help="JSONL of pairs (hh-rlhf or prompt/chosen/rejected): prints accuracy")
-    parser.add_argument("--max-length", type=int, default=2048)
-    parser.add_argument("--chat-template", action="store_true", help="render through the tokenizer's chat template")
+    parser.add_argument("--max_length", type=int, default=2048)
+    parser.add_argument("--chat_template", action="store_true", help="render through the tokenizer's chat template")
     args = parser.parse_args(argv)
     if bool(args.pairs) == bool(args.prompt and args.response):
         parser.error("give --pairs FILE, or --prompt and at least one --response")
@@ -114,14 +114,14 @@ def generate_reply(
 
 
 def generate(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="hhalign generate", description="A reply from a trained policy.")
+    parser = ToolParser(prog="hhalign generate", description="A reply from a trained policy.")
     parser.add_argument("--model", required=True, help="exported policy folder or SFT/DPO .ckpt")
     parser.add_argument("--prompt", required=True, help="a question or an hh-rlhf dialogue prefix")
-    parser.add_argument("--max-new-tokens", type=int, default=128)
+    parser.add_argument("--max_new_tokens", type=int, default=128)
     parser.add_argument("--temperature", type=float, default=0.0, help="0 (the default) decodes greedily")
-    parser.add_argument("--top-p", type=float, default=1.0)
+    parser.add_argument("--top_p", type=float, default=1.0)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--chat-template", action="store_true", help="render through the tokenizer's chat template")
+    parser.add_argument("--chat_template", action="store_true", help="render through the tokenizer's chat template")
     args = parser.parse_args(argv)
     torch.manual_seed(args.seed)
     model = load_model(args.model).eval()

@@ -1,0 +1,56 @@
+"""The one command: ``hhalign --help`` lists every command, each has its ``--help``, one flag style (the old
+kebab-case spellings answer with a notice), and a mistyped command or option gets the closest one suggested."""
+
+from __future__ import annotations
+
+import pytest
+
+from hhalign.cli import TOOLS, TRAINER_COMMANDS, main
+
+
+def test_help_lists_every_command_with_a_line(capsys: pytest.CaptureFixture[str]):
+    main(["--help"])
+    out = capsys.readouterr().out
+    for command in [*TRAINER_COMMANDS, *TOOLS]:
+        assert any(line.split()[:1] == [command] and len(line.split()) > 2 for line in out.splitlines()), command
+    assert "predict" not in out
+
+
+@pytest.mark.parametrize("command", [*TRAINER_COMMANDS, *TOOLS])
+def test_every_command_has_its_help(command: str, capsys: pytest.CaptureFixture[str]):
+    args = [command, "inspect", "--help"] if command == "data" else [command, "--help"]
+    with pytest.raises(SystemExit) as stop:
+        main(args)
+        raise SystemExit(0)  # a tool whose --help returns instead of exiting
+    assert stop.value.code in (0, None)
+    out = capsys.readouterr().out
+    assert "usage:" in out.lower() and "--" in out
+
+
+def test_tool_options_use_underscores_and_the_old_spelling_answers_with_a_notice(tiny_dir, capsys):
+    main(["generate", "--model", str(tiny_dir), "--prompt", "hi", "--max_new_tokens", "2"])
+    assert "note:" not in capsys.readouterr().err
+    main(["generate", "--model", str(tiny_dir), "--prompt", "hi", "--max-new-tokens", "2"])
+    assert "hhalign generate: note: --max-new-tokens is now --max_new_tokens" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["fti"], "no command 'fti'; did you mean fit?"),
+        (["predict"], "no command 'predict'"),
+        (["fit", "--config", "configs/tiny/dpo.yaml", "--model.bta", "0.1"], "did you mean --model.beta?"),
+        (["fit", "--config", "configs/tiny/dpo.yaml", "--data.max_lenght", "3"], "did you mean --data.max_length?"),
+    ],
+)  # fmt: skip
+def test_a_mistyped_command_or_option_gets_the_closest_suggested(args, message, capsys):
+    with pytest.raises(SystemExit) as stop:
+        main(args)
+    said = capsys.readouterr().err + str(stop.value.code)  # a parse error is printed, a user error is the exit
+    assert message in said and said.count("hhalign: error:") == 1
+
+
+def test_a_mistyped_tool_option_gets_the_closest_suggested(tiny_dir, capsys):
+    with pytest.raises(SystemExit):
+        main(["generate", "--model", str(tiny_dir), "--prompt", "hi", "--max_new_token", "2"])
+    assert "did you mean --max_new_tokens?" in capsys.readouterr().err
