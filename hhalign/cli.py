@@ -43,7 +43,7 @@ QUIET_PARSERS: dict[str, Any] = {"exit_on_error": False} | {
 }
 """Parse errors are raised to ``main``, which prints them as one line, instead of after a usage dump."""
 TOOLS = {
-    "data": ("hhalign.tools.data_inspect:main", "data inspect: a run's data read and tokenized, without training"),
+    "data": ("hhalign.cli:data_main", "data inspect: a run's data read and tokenized, without training"),
     "evaluate": ("hhalign.tools.evaluate:main", "sample policy and reference, judge them by a reward model, KL"),
     "export": ("hhalign.tools.export:main", "a checkpoint as a Hugging Face folder (safetensors)"),
     "score": ("hhalign.tools.use:score", "rewards of replies, or of a file's pairs, from a reward model"),
@@ -198,6 +198,51 @@ class DropAdverts(logging.Filter):
 
 for _name in ("lightning.fabric.utilities.rank_zero", "lightning.pytorch.utilities.rank_zero"):  # whichever logs
     logging.getLogger(_name).addFilter(DropAdverts())
+
+
+DATA_USAGE = "usage: hhalign data inspect [--config RUN.yaml] [--data.path P] [--data.* ...] [--model.* ...]"
+
+
+def data_main(argv: list[str]) -> None:
+    """``hhalign data inspect``: the data module ``fit`` would build from these flags, set up (read, tokenized,
+    audited) without loading any weights or writing a run, and its report."""
+    from hhalign.tools.data_inspect import report
+
+    if argv[:1] != ["inspect"]:
+        raise UserError(f"data: the one subcommand is inspect; {DATA_USAGE}")
+    if argv[1:2] in (["-h"], ["--help"]):
+        print(
+            DATA_USAGE
+            + "\n  reads and tokenizes the data as `hhalign fit` with the same flags would, and prints its audit"
+        )
+        return
+    args = argv[1:]
+    if not any(a == "--config" or a.startswith(("--config=", "--model")) for a in args):
+        raise UserError(
+            "data inspect: name the run's tokenizer and objective: --config RUN.yaml, or --model hhalign.DPOModule "
+            "--model.model_name_or_path M"
+        )
+
+    class DataOnly(HHAlignCLI):
+        def before_instantiate_classes(self) -> None:
+            """Nothing is written: no run directory is checked or replaced."""
+
+        def instantiate_classes(self) -> None:
+            self.config_init = self.parser.instantiate_classes(self.config)
+            self.datamodule = self._get(self.config_init, "data")
+
+    cli = DataOnly(
+        AlignmentModule,
+        PreferenceDataModule,
+        subclass_mode_model=True,
+        args=args,
+        run=False,
+        auto_configure_optimizers=False,
+        save_config_callback=None,
+        parser_kwargs={"exit_on_error": False},
+    )
+    cli.datamodule.setup("inspect")
+    print(report(cli.datamodule))
 
 
 def known_options() -> list[str]:

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from hhalign.checkpoint_files import CheckpointError
 from hhalign.data.examples import sequences_fingerprint
-from hhalign.models.trained import CheckpointError
 from hhalign.training.checkpointing import AtomicCheckpointIO, weights_fingerprint
 from tests.conftest import fit_tiny, shipped_records, write_jsonl
 

@@ -29,8 +29,8 @@ from hhalign.data.records import OnBadRecord, Record, first_conversational
 from hhalign.data.samplers import EvalShard, ResumableShuffle
 from hhalign.data.sources import source_kind, val_split_of
 from hhalign.data.templates import template_for
+from hhalign.data.tokenizers import load_tokenizer
 from hhalign.errors import ConfigError, DataError
-from hhalign.models.loading import load_tokenizer
 
 log = logging.getLogger(__name__)
 

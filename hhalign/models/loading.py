@@ -3,60 +3,17 @@
 from __future__ import annotations
 
 import copy
-from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
-from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
+from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSequenceClassification
 
-from hhalign.data.sources import missing_local_path
+from hhalign.checkpoint_files import TrainedWeights, is_checkpoint_file, read_trained_weights
+from hhalign.data.tokenizers import check_exists, load_tokenizer
 from hhalign.errors import ModelLoadError
-from hhalign.models.trained import TrainedWeights, is_checkpoint_file, read_trained_weights
 
-
-def how_to_make(name_or_path: str) -> str:
-    """The command that writes a missing model folder of the kinds hhalign's own steps write."""
-    path = name_or_path.rstrip("/")
-    if "smollm2" in path and path.startswith("artifacts/"):
-        return f"build it with `make model` (hhalign get-model smollm2-135m-instruct --out {path})"
-    if path.startswith("artifacts/"):
-        return f"build it with `hhalign make-tiny --out {path}`, or `make demo-tiny`"
-    parts = Path(path).parts
-    if path.endswith("/export") and len(parts) >= 3:
-        experiment, trial = parts[-3], parts[-2]
-        return (
-            f"it is written at the end of the fit that exports it: run that stage first "
-            f"(e.g. hhalign fit --config configs/{experiment}/{trial}.yaml)"
-        )
-    return "give a Hugging Face model name or a folder written by save_pretrained (e.g. one from `hhalign make-tiny`)"
-
-
-def _check_exists(name_or_path: str, what: str) -> None:
-    if not name_or_path:
-        raise ModelLoadError(f"no {what} path given; set model.model_name_or_path")
-    if missing_local_path(name_or_path):
-        raise ModelLoadError(f"{what} path {name_or_path!r} does not exist; {how_to_make(name_or_path)}")
-
-
-def load_tokenizer(name_or_path: str, trust_remote_code: bool = False) -> Any:
-    """Load a tokenizer and give it a pad token (EOS) when it has none: masks never rely on pad ids.
-    For an hhalign ``.ckpt``, the tokenizer of the model that run started from."""
-    _check_exists(name_or_path, "tokenizer")
-    if is_checkpoint_file(name_or_path):
-        return load_tokenizer(read_trained_weights(name_or_path).base, trust_remote_code)
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(name_or_path, trust_remote_code=trust_remote_code)
-    except (OSError, ValueError) as err:
-        raise ModelLoadError(f"could not load a tokenizer from {name_or_path!r}: {err}") from err
-    if tokenizer.pad_token_id is None:
-        if tokenizer.eos_token_id is None:
-            raise ModelLoadError(
-                f"tokenizer {name_or_path!r} has neither a pad nor an EOS token; add an EOS token "
-                "to it (tokenizer.add_special_tokens) and save it again"
-            )
-        tokenizer.pad_token = tokenizer.eos_token
-    return tokenizer
+__all__ = ["load_model", "load_tokenizer"]
 
 
 def _config_without_dropout(name_or_path: str, trust_remote_code: bool, **overrides: Any) -> Any:
@@ -82,7 +39,7 @@ def load_model(
     ``name_or_path`` may also be an hhalign ``.ckpt``: the model its run started from, with the trained
     weights loaded over it, so a DPO or RM run can start from an SFT run without an export step.
     """
-    _check_exists(name_or_path, "model")
+    check_exists(name_or_path, "model")
     options = {
         "disable_dropout": disable_dropout,
         "dtype": dtype,

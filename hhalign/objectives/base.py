@@ -14,10 +14,10 @@ from torch import Tensor, nn
 from torchmetrics import MeanMetric, SumMetric
 from transformers import get_scheduler
 
+from hhalign.checkpoint_files import FINGERPRINT_KEY, TRAINED_KEY
 from hhalign.errors import UserError
 from hhalign.models.forward import enable_gradient_checkpointing
 from hhalign.models.loading import with_lora
-from hhalign.models.trained import FINGERPRINT_KEY, TRAINED_KEY
 from hhalign.objectives.outputs import LENGTH_METRICS, PAIR_METRICS, PairOutputs, StepOutputs, length_metrics
 from hhalign.training.checkpointing import check_fingerprints, checkpoint_dir
 from hhalign.training.sharding import TRAINED_IN_HALF, clip_sharded, gradient_norm, refuse_unsupported

@@ -7,11 +7,11 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from hhalign.checkpoint_files import REWARD_STATS_KEY
 from hhalign.data.batches import AnyPairBatch, SequenceBatch
 from hhalign.losses.reward import bradley_terry_loss
 from hhalign.models.forward import model_inputs, score_head, sequence_rewards
 from hhalign.models.loading import load_model
-from hhalign.models.trained import REWARD_STATS_KEY
 from hhalign.objectives.base import AlignmentModule
 from hhalign.objectives.outputs import PairOutputs
 

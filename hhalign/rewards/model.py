@@ -11,11 +11,11 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from hhalign.checkpoint_files import is_checkpoint_file, read_trained_weights
 from hhalign.data.batches import collate_groups, collate_sequences
 from hhalign.errors import ConfigError, UserError
 from hhalign.models.forward import model_inputs, sequence_rewards
 from hhalign.models.loading import load_model, load_tokenizer
-from hhalign.models.trained import is_checkpoint_file, read_trained_weights
 
 
 def check_reward_model(path: str, option: str = "--judge") -> None:

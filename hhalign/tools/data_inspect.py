@@ -1,64 +1,14 @@
-"""``hhalign data inspect``: what a run would train on, read and tokenized as the run would, without training.
+"""``hhalign data inspect``'s report: what a run would train on, read and tokenized as the run would.
 
-It takes the same ``--config`` and ``--data.*`` flags as ``hhalign fit`` and builds the same data module (the
-objective decides the kind of example, the model's tokenizer tokenizes), but loads no weights and writes nothing
-but the tokenization cache.
+The command (``hhalign.cli.data_main``) builds the data module ``hhalign fit`` would from the same flags, loading
+no weights; this module writes what it found.
 """
 
 from __future__ import annotations
 
-import sys
 from typing import Any
 
 from hhalign.data.audit import SCORED
-from hhalign.errors import UserError
-
-USAGE = "usage: hhalign data inspect [--config RUN.yaml] [--data.path P] [--data.* ...] [--model.* ...]"
-
-
-def main(argv: list[str]) -> None:
-    if not argv or argv[0] != "inspect" or argv[1:2] in (["-h"], ["--help"]):
-        print(USAGE, file=sys.stderr if argv[:1] != ["inspect"] else sys.stdout)
-        print("  reads and tokenizes the data as `hhalign fit` with the same flags would, and prints its audit")
-        if not argv or argv[0] != "inspect":
-            raise SystemExit(2)
-        return
-    data = build_data(argv[1:])
-    data.setup("inspect")
-    print(report(data))
-
-
-def build_data(args: list[str]) -> Any:
-    """The data module ``hhalign fit`` would build from these flags (the model is configured, not loaded)."""
-    from hhalign.cli import HHAlignCLI
-    from hhalign.data.datamodule import PreferenceDataModule
-    from hhalign.objectives.base import AlignmentModule
-
-    if not any(a == "--config" or a.startswith(("--config=", "--model")) for a in args):
-        raise UserError(
-            "data inspect: name the run's tokenizer and objective: --config RUN.yaml, or --model hhalign.DPOModule "
-            "--model.model_name_or_path M"
-        )
-
-    class DataOnly(HHAlignCLI):
-        def before_instantiate_classes(self) -> None:
-            """Nothing is written: no run directory is checked or replaced."""
-
-        def instantiate_classes(self) -> None:
-            self.config_init = self.parser.instantiate_classes(self.config)
-            self.datamodule = self._get(self.config_init, "data")
-
-    cli = DataOnly(
-        AlignmentModule,
-        PreferenceDataModule,
-        subclass_mode_model=True,
-        args=args,
-        run=False,
-        auto_configure_optimizers=False,
-        save_config_callback=None,
-        parser_kwargs={"exit_on_error": False},
-    )
-    return cli.datamodule
 
 
 def report(data: Any) -> str:

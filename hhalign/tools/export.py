@@ -13,8 +13,8 @@ import lightning as L
 from lightning.pytorch.callbacks import Callback
 from torch import nn
 
+from hhalign.checkpoint_files import read_trained_weights
 from hhalign.models.loading import load_tokenizer, merged, model_from_trained
-from hhalign.models.trained import read_trained_weights
 from hhalign.options import ToolParser
 from hhalign.training.sharding import model_on_one_process
 

@@ -14,7 +14,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 from torch import nn
 
-from hhalign.models.trained import CheckpointError, read_checkpoint
+from hhalign.checkpoint_files import CheckpointError, read_checkpoint
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
@@ -41,7 +41,7 @@ class AtomicCheckpointIO(TorchCheckpointIO):
     def load_checkpoint(
         self, path: Any, map_location: Any = None, weights_only: bool | None = None, mmap: bool = False
     ) -> dict[str, Any]:
-        """Load as ``hhalign.models.trained.read_checkpoint`` does: safely, with errors that say what is wrong;
+        """Load as ``hhalign.checkpoint_files.read_checkpoint`` does: safely, with errors that say what is wrong;
         ``mmap`` maps the tensors from the file instead of reading them all into memory up front."""
         return read_checkpoint(path, map_location, weights_only, mmap)
 

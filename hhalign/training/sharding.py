@@ -14,9 +14,9 @@ import torch
 from lightning.pytorch.strategies import DeepSpeedStrategy, FSDPStrategy
 from torch import Tensor, nn
 
+from hhalign.checkpoint_files import TrainedWeights
 from hhalign.errors import UserError
 from hhalign.models.loading import model_from_trained
-from hhalign.models.trained import TrainedWeights
 
 TRAINED_IN_HALF = ("bf16-true", "16-true", "bf16", "16", "half")
 """Trainer precisions whose master weights are half precision."""
