@@ -115,7 +115,7 @@ def test_implicit_prompt_conversations_split_at_their_common_messages(tmp_path, 
 def test_unpaired_records_feed_kto_beside_pairs(tmp_path, tiny_chat_dir):
     rows = [{"prompt": f"question {i}?", "completion": f"answer {i}.", "label": i % 2 == 0} for i in range(8)]
     path = write_jsonl(tmp_path / "unpaired.jsonl", rows)
-    data = _module(path, tiny_chat_dir, examples="unpaired", chat_template=True)
+    data = _module(path, tiny_chat_dir, examples="completions", chat_template=True)
     examples = data.train_examples + data.val_examples
     assert data.summary["format"] == {str(path): "unpaired"}
     assert sorted(e.desirable for e in examples) == [False] * 4 + [True] * 4
@@ -208,7 +208,7 @@ def test_a_jinja_file_supplies_a_template_to_a_tokenizer_without_one(tmp_path, t
     [
         ("pairs", conversational),
         ("pairs", implicit),
-        ("unpaired", lambda i: {"prompt": [TURNS[0]], "completion": f"a{i}", "label": bool(i % 2)}),
+        ("completions", lambda i: {"prompt": [TURNS[0]], "completion": f"a{i}", "label": bool(i % 2)}),
         ("prompts", lambda i: {"prompt": [SYSTEM, {"role": "user", "content": f"q{i}"}]}),
     ],
 )

@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from hhalign.data.sources import local_identity
+from hhalign.files import atomic_write
 
 CACHE_VERSION = 2  # raise when tokenization changes what it makes of the same records
 CACHE_ENV = "HHALIGN_CACHE"
@@ -89,10 +90,7 @@ def load(key: str, example_type: type) -> tuple[list[Any], list[Any], dict[str, 
 
 def save(key: str, train: list[Any], val: list[Any], summary: dict[str, Any]) -> Path:
     """Write atomically (a temporary file renamed into place), so a crash leaves no half-written cache."""
-    folder = cache_dir()
-    folder.mkdir(parents=True, exist_ok=True)
-    path = folder / f"{key}.npz"
-    partial = folder / f".{key}.partial-{os.getpid()}.npz"
-    np.savez(partial, summary=np.array(json.dumps(summary)), **_pack("train.", train), **_pack("val.", val))
-    os.replace(partial, path)
+    path = cache_dir() / f"{key}.npz"
+    with atomic_write(path) as partial:
+        np.savez(partial, summary=np.array(json.dumps(summary)), **_pack("train.", train), **_pack("val.", val))
     return path

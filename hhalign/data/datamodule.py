@@ -26,7 +26,7 @@ from hhalign.data.batches import PaddingSide
 from hhalign.data.examples import EXAMPLE_KINDS, ExampleKind, ExampleSettings, sequences_fingerprint
 from hhalign.data.reading import read_records
 from hhalign.data.records import OnBadRecord, Record, first_conversational
-from hhalign.data.samplers import EvalShard, ResumableShuffle
+from hhalign.data.samplers import EvalShard, ResumableShuffle, length_order, length_sorted_batches
 from hhalign.data.sources import source_kind, val_split_of
 from hhalign.data.templates import template_for
 from hhalign.data.tokenizers import load_tokenizer
@@ -76,10 +76,10 @@ def length_grouped_batches(lengths: list[int], batch_size: int, seed: int, proce
     one): each process runs as many batches as the others, so a collective inside an evaluation step (every
     FSDP forward all-gathers its weights) never waits for a process that has finished; no example repeats.
     """
-    order = sorted(range(len(lengths)), key=lambda i: lengths[i])
     if processes == 1:
-        batches = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+        batches = length_sorted_batches(lengths, batch_size)
     else:
+        order = length_order(lengths)
         n = len(order)
         rounds = math.ceil(math.ceil(n / batch_size) / processes)
         count = rounds * processes
@@ -231,7 +231,7 @@ class PreferenceDataModule(L.LightningDataModule):
         counts.update(tokenize.counts)
         if not self.train_examples or not self.val_examples:
             raise DataError(
-                f"no {'training' if not self.train_examples else 'validation'} {self.kind.noun} left after "
+                f"no {'training' if not self.train_examples else 'validation'} {hp.examples} left after "
                 f"tokenization (drops: {dict(counts)}); raise data.max_length (now {hp.max_length}) or check the data"
             )
         self.summary = self._summarize(len(train_records) + len(val_records) + counts["bad_record"], counts)
@@ -289,8 +289,8 @@ class PreferenceDataModule(L.LightningDataModule):
         world, rank = (trainer.world_size, trainer.global_rank) if trainer else (1, 0)
         if len(self.val_examples) < world:
             raise DataError(
-                f"{len(self.val_examples)} validation {self.kind.noun} for {world} processes: each process needs at "
-                "least one; hold out more (data.valid_fraction) or validate on a larger data.val_path"
+                f"{len(self.val_examples)} validation {self.hparams.examples} for {world} processes: each process "
+                "needs at least one; hold out more (data.valid_fraction) or validate on a larger data.val_path"
             )
         size = self.hparams.val_batch_size or self.hparams.batch_size
         lengths = [self.kind.length(p) for p in self.val_examples]

@@ -2,7 +2,9 @@
 to collate them, what identifies them for resume and how long each is.
 
 An objective names its kind on its class (``examples = "pairs"``); the command line hands that name to the
-data module, which looks it up in ``EXAMPLE_KINDS``. A new kind of data is a class here and a row there.
+data module, which looks it up in ``EXAMPLE_KINDS``. That name is the kind's one name: in messages, in
+the objective's ``examples`` and in throughput (``train/<name>_per_sec``). A new kind of data is a class
+here and a row there.
 """
 
 from __future__ import annotations
@@ -41,7 +43,6 @@ class ExampleSettings:
 class PairExamples:
     """Chosen/rejected pairs sharing their prompt tokens exactly (reward models, DPO and its family)."""
 
-    noun = "pairs"
     example_type = TokenizedPair
 
     def __init__(self, settings: ExampleSettings) -> None:
@@ -69,7 +70,6 @@ class PairExamples:
 class DialogueExamples:
     """Chosen dialogues whose assistant turns are the targets (SFT)."""
 
-    noun = "dialogues"
     example_type = TokenizedDialogue
 
     def __init__(self, settings: ExampleSettings) -> None:
@@ -101,7 +101,6 @@ class UnpairedExamples:
     """Unpaired completions labelled desirable or not (KTO): unpaired records as they are, and each pair's chosen
     response as a desirable completion and its rejected one as an undesirable one, tokenized as for pairs."""
 
-    noun = "completions"
     example_type = TokenizedCompletion
 
     def __init__(self, settings: ExampleSettings) -> None:
@@ -144,7 +143,6 @@ class PromptExamples:
     """Each distinct prompt once (the online objectives), from pairs or prompt-only records; the prompt is
     bounded by ``max_length − max_response_length``, the room kept for a completion."""
 
-    noun = "prompts"
     example_type = TokenizedPrompt
 
     def __init__(self, settings: ExampleSettings) -> None:
@@ -166,7 +164,7 @@ class PromptExamples:
 EXAMPLE_KINDS: dict[str, type] = {
     "pairs": PairExamples,
     "dialogues": DialogueExamples,
-    "unpaired": UnpairedExamples,
+    "completions": UnpairedExamples,
     "prompts": PromptExamples,
 }
 """Example kinds by the name an objective gives on its class."""

@@ -9,6 +9,20 @@ from typing import Any
 from torch.utils.data import DistributedSampler
 
 
+def length_order(lengths: Sequence[int], indices: Sequence[int] | None = None) -> list[int]:
+    """``indices`` (default: all) sorted by their length, shortest first; ties keep their order."""
+    return sorted(range(len(lengths)) if indices is None else indices, key=lambda i: lengths[i])
+
+
+def length_sorted_batches(
+    lengths: Sequence[int], batch_size: int, indices: Sequence[int] | None = None
+) -> list[list[int]]:
+    """Batches of ``batch_size`` indices of similar length (the last may be smaller), shortest first: the one
+    batcher of evaluation, sampling and the reference pass, which pad little this way."""
+    order = length_order(lengths, indices)
+    return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+
+
 class ResumableShuffle(DistributedSampler):
     """This process's share of a seeded permutation of the training pairs, new each epoch.
 
@@ -60,7 +74,7 @@ class ResumableShuffle(DistributedSampler):
         window = global_batch * self.group_batches
         grouped: list[int] = []
         for start in range(0, len(order), window):
-            grouped += sorted(order[start : start + window], key=lambda i: lengths[i])
+            grouped += length_order(lengths, order[start : start + window])
         batches = [grouped[i : i + global_batch] for i in range(0, len(grouped), global_batch)]
         full, partial = (batches[:-1], batches[-1:]) if len(batches[-1]) < global_batch else (batches, [])
         rng.shuffle(full)

@@ -15,6 +15,7 @@ from tqdm.auto import tqdm
 from transformers import DynamicCache, GenerationConfig
 
 from hhalign.data.batches import collate_sequences
+from hhalign.data.samplers import length_sorted_batches
 from hhalign.models.forward import model_inputs, response_logps
 
 
@@ -87,11 +88,6 @@ def plain_generation(model: Any) -> Iterator[None]:
         model.generation_config = saved
 
 
-def _length_sorted(prompts: Sequence[Sequence[int]], batch_size: int) -> list[list[int]]:
-    order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
-    return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
-
-
 @torch.no_grad()
 def sample_completions(
     model: Any,
@@ -115,7 +111,11 @@ def sample_completions(
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []), plain_generation(model):
         torch.manual_seed(seed)
         try:
-            for rows in tqdm(_length_sorted(prompts, batch_size), desc=description, disable=description is None):
+            for rows in tqdm(
+                length_sorted_batches([len(p) for p in prompts], batch_size),
+                desc=description,
+                disable=description is None,
+            ):
                 batch = collate_sequences([prompts[i] for i in rows], None, pad_id, padding_side="left").to(device)
                 generated = model.generate(
                     input_ids=batch.input_ids, attention_mask=batch.attention_mask, generation_config=config
@@ -151,7 +151,7 @@ def sample_groups(
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []), plain_generation(model):
         torch.manual_seed(seed)
         try:
-            for rows in _length_sorted(prompts, max(1, batch_size // k)):
+            for rows in length_sorted_batches([len(p) for p in prompts], max(1, batch_size // k)):
                 batch = collate_sequences([prompts[i] for i in rows], None, pad_id, padding_side="left").to(device)
                 ids, mask = batch.input_ids, batch.attention_mask
                 cache = _shared_prefill(model, ids, mask, k)
@@ -201,7 +201,7 @@ def completion_logps(
     model.eval()
     try:
         no_autocast = torch.autocast(device.type, enabled=False)
-        batches = _length_sorted([list(prompts[i]) + list(completions[i]) for i in scored], batch_size)
+        batches = length_sorted_batches([len(prompts[i]) + len(completions[i]) for i in scored], batch_size)
         for rows in tqdm(batches, desc=description, disable=description is None):
             picked = [scored[j] for j in rows]
             ids = [list(prompts[i]) + list(completions[i]) for i in picked]

@@ -72,8 +72,6 @@ class AlignmentModule(L.LightningModule):
     """The metrics ``hhalign plot`` draws, a panel each."""
     extra_metrics: tuple[str, ...] = ()
     progress_metrics: tuple[str, ...] = ("loss", "reward_accuracy")
-    example_name = "pairs"
-    """What throughput counts: ``train/{example_name}_per_sec``."""
 
     def __init__(
         self,

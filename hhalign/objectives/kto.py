@@ -29,8 +29,7 @@ class KTOModule(PolicyModule):
     become two examples each (``data.examples: unpaired``): the chosen reply desirable, the rejected one not.
     """
 
-    examples = "unpaired"
-    example_name = "completions"
+    examples = "completions"
     monitor = ("val/loss", "min")
     plot_panels = ("loss", "kl", "desirable_reward", "undesirable_reward")
     progress_metrics = ("loss",)

@@ -64,7 +64,6 @@ class OnlineModule(PolicyModule):
     """
 
     examples = "prompts"
-    example_name = "prompts"
     monitor = ("val/reward", "max")
     plot_panels = ("loss", "reward", "kl_k1", "completion_length", "eos_share", "entropy")
     progress_metrics = ("loss", "reward")

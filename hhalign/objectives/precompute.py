@@ -12,7 +12,6 @@ reference's weights: a resume with the same run directory reuses it, anything el
 from __future__ import annotations
 
 import contextlib
-import os
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +20,8 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from hhalign.data.examples import sequences_fingerprint
+from hhalign.data.samplers import length_sorted_batches
+from hhalign.files import atomic_write
 from hhalign.models.forward import model_inputs, response_states
 
 CACHE_FILE = "ref_logps.pt"
@@ -34,12 +35,13 @@ def reference_logps(
     """``(len(examples), 2)`` summed reference log-probs (chosen, rejected) of every ``world``-th pair from
     ``rank`` on, in that order, in float32; under the trainer's precision (autocast), as the policy's forward."""
     mine = list(range(rank, len(examples), world))
-    order = sorted(mine, key=lambda i: length(examples[i]))
+    lengths = [length(e) for e in examples]
     values = torch.zeros(len(examples), 2)
     forward_context = module.trainer.precision_plugin.forward_context if module._trainer else contextlib.nullcontext
     with module.reference() as ref, forward_context():
-        for start in tqdm(range(0, len(order), PASS_BATCH), desc="reference log-probs", disable=not show):
-            indices = order[start : start + PASS_BATCH]
+        for indices in tqdm(
+            length_sorted_batches(lengths, PASS_BATCH, mine), desc="reference log-probs", disable=not show
+        ):
             batch = collate([examples[i] for i in indices]).to(module.device)
             logps, _ = response_states(ref, model_inputs(ref, batch, module.hparams.shared_prompt)).sequence_logps()
             values[indices] = torch.stack(logps.float().cpu().chunk(2), dim=1)
@@ -91,8 +93,6 @@ def precompute_reference(module: Any, datamodule: Any) -> None:
             for examples in (datamodule.train_examples, datamodule.val_examples)
         )
         if trainer.is_global_zero:
-            cache.parent.mkdir(parents=True, exist_ok=True)
-            partial = cache.with_name(f".{cache.name}.partial-{os.getpid()}")
-            torch.save({"key": key, "train": train, "val": val}, partial)
-            os.replace(partial, cache)
+            with atomic_write(cache) as partial:
+                torch.save({"key": key, "train": train, "val": val}, partial)
     datamodule.attach_reference_logps([tuple(v) for v in train], [tuple(v) for v in val])

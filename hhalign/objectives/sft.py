@@ -22,7 +22,6 @@ class SFTModule(AlignmentModule):
     over the batch's target tokens. Logs ``{stage}/loss`` (token-weighted) and ``val/perplexity``."""
 
     examples = "dialogues"
-    example_name = "sequences"
     monitor = ("val/loss", "min")
     plot_panels = ("loss", "perplexity")
     progress_metrics = ("loss",)

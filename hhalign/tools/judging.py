@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import random
 import time
 from collections.abc import Sequence
@@ -19,6 +18,7 @@ import torch
 from torch import nn
 
 from hhalign.data.pairs import TokenizedPair
+from hhalign.files import atomic_write
 from hhalign.models.generation import Completion, Sampling, completion_logps, sample_completions
 from hhalign.rewards.model import check_reward_model
 from hhalign.tools import estimates
@@ -66,9 +66,8 @@ class Evaluation:
             (SAMPLES_FILE, "".join(json.dumps(row) + "\n" for row in self.rows)),
             (RESULTS_FILE, json.dumps(self.results, indent=2) + "\n"),
         ):
-            partial = out / f".{name}.partial"
-            partial.write_text(text)
-            os.replace(partial, out / name)
+            with atomic_write(out / name) as partial:
+                partial.write_text(text)
         return out / RESULTS_FILE
 
 

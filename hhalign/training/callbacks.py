@@ -39,7 +39,7 @@ class Throughput(Callback):
         self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int
     ) -> None:
         seconds = max(time.perf_counter() - self._start, 1e-9)
-        examples, name = batch.n_examples, pl_module.example_name
+        examples, name = batch.n_examples, pl_module.examples
         tokens = batch.real_tokens
         self.pairs_seen += examples
         self.tokens_seen += tokens

@@ -4,7 +4,6 @@ what they were trained on; and the checkpoint that keeps the best model by the o
 from __future__ import annotations
 
 import hashlib
-import os
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +14,7 @@ from lightning.pytorch.plugins.io import TorchCheckpointIO
 from torch import nn
 
 from hhalign.checkpoint_files import CheckpointError, read_checkpoint
+from hhalign.files import atomic_write
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
@@ -26,17 +26,8 @@ class AtomicCheckpointIO(TorchCheckpointIO):
     """
 
     def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Any | None = None) -> None:
-        target = Path(path)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        partial = target.with_name(f".{target.name}.partial-{os.getpid()}")
-        try:
-            with open(partial, "wb") as handle:
-                torch.save(checkpoint, handle)
-                handle.flush()
-                os.fsync(handle.fileno())
-            os.replace(partial, target)
-        finally:
-            partial.unlink(missing_ok=True)
+        with atomic_write(path) as partial:
+            torch.save(checkpoint, partial)
 
     def load_checkpoint(
         self, path: Any, map_location: Any = None, weights_only: bool | None = None, mmap: bool = False
