@@ -54,3 +54,19 @@ def test_a_mistyped_tool_option_gets_the_closest_suggested(tiny_dir, capsys):
     with pytest.raises(SystemExit):
         main(["generate", "--model", str(tiny_dir), "--prompt", "hi", "--max_new_token", "2"])
     assert "did you mean --max_new_tokens?" in capsys.readouterr().err
+
+
+def test_generate_draws_as_evaluate_and_the_online_objectives_do(tiny_dir, capsys):
+    """One generation path: `hhalign generate` with its defaults prints what ``sample_completions`` draws with
+    ``Sampling()``'s defaults (temperature 1, top-p 1, no top-k, 64 tokens) from the same seed."""
+    from hhalign.data.pairs import PairTokenizer
+    from hhalign.models.generation import Sampling, sample_completions
+    from hhalign.models.loading import load_model, load_tokenizer
+
+    main(["generate", "--model", str(tiny_dir), "--prompt", "How do I bake bread?", "--seed", "5"])
+    printed = capsys.readouterr().out.strip()
+    tokenizer = load_tokenizer(str(tiny_dir))
+    ids = PairTokenizer(tokenizer, 1).encode_prompt("\n\nHuman: How do I bake bread?\n\nAssistant:")
+    model = load_model(str(tiny_dir)).eval()
+    (drawn,) = sample_completions(model, [ids], Sampling(), tokenizer.eos_token_id, tokenizer.pad_token_id, 5)
+    assert printed == tokenizer.decode(drawn.tokens, skip_special_tokens=True).strip() and len(drawn.tokens) > 3

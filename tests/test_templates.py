@@ -62,6 +62,7 @@ def test_a_tokenizer_without_a_template_is_a_clear_error(tokenizer, tiny_dir: Pa
 
 
 def test_generate_uses_the_template(chat_tokenizer, tiny_dir: Path):
+    from hhalign.models.generation import Sampling
     from hhalign.models.loading import load_model
     from hhalign.tools.use import generate_reply
 
@@ -69,8 +70,9 @@ def test_generate_uses_the_template(chat_tokenizer, tiny_dir: Path):
     prompts = []
     generate = model.generate
     model.generate = lambda input_ids, **kw: prompts.append(input_ids) or generate(input_ids=input_ids, **kw)
-    reply = generate_reply(model, chat_tokenizer, "How do I bake bread?", 4, 0.0, 1.0, chat=True)
-    assert reply == generate_reply(model, chat_tokenizer, "How do I bake bread?", 4, 0.0, 1.0, chat=True)
+    greedy = Sampling(max_new_tokens=4, temperature=0.0)
+    reply = generate_reply(model, chat_tokenizer, "How do I bake bread?", greedy, chat=True)
+    assert reply == generate_reply(model, chat_tokenizer, "How do I bake bread?", greedy, chat=True)
     bos, eos = chat_tokenizer.bos_token, chat_tokenizer.eos_token
     assert chat_tokenizer.decode(prompts[0][0]) == f"{bos}[user] How do I bake bread?{eos}[assistant] "
 

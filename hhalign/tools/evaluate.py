@@ -128,9 +128,12 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--prompts", type=int, default=64, help="held-out prompts, drawn with --seed")
     parser.add_argument("--samples", type=int, default=1, help="completions per prompt and model")
-    parser.add_argument("--max_new_tokens", type=int, default=64)
-    parser.add_argument("--temperature", type=float, default=1.0, help="1 (the default) samples the model itself")
-    parser.add_argument("--top_p", type=float, default=1.0)
+    defaults = Sampling()  # the same defaults as `hhalign generate` and the online objectives
+    parser.add_argument("--max_new_tokens", type=int, default=defaults.max_new_tokens)
+    parser.add_argument(
+        "--temperature", type=float, default=defaults.temperature, help="1 (the default) samples the model itself"
+    )
+    parser.add_argument("--top_p", type=float, default=defaults.top_p)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--batch_size", type=int, default=16)
     parser.add_argument("--out", help="folder for evaluation.json and samples.jsonl (default RUN/eval)")

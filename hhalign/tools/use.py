@@ -13,6 +13,7 @@ from hhalign.data.batches import collate_sequences
 from hhalign.data.pairs import ASSISTANT, HUMAN, PairTokenizer, TokenizedPair
 from hhalign.data.reading import read_pairs
 from hhalign.data.templates import ChatTemplate
+from hhalign.models.generation import Sampling, sample_completions
 from hhalign.models.loading import load_model, load_tokenizer
 from hhalign.objectives.reward import RewardModule
 from hhalign.options import ToolParser
@@ -93,40 +94,30 @@ def score(argv: list[str] | None = None) -> None:
         print(json.dumps({"response": text, "reward": round(value, 6)}))
 
 
-@torch.no_grad()
 def generate_reply(
-    model: Any, tokenizer: Any, prompt: str, max_new_tokens: int, temperature: float, top_p: float, chat: bool = False
+    model: Any, tokenizer: Any, prompt: str, sampling: Sampling, seed: int = 0, chat: bool = False
 ) -> str:
+    """One reply, drawn as ``hhalign evaluate`` and the online objectives draw (``sample_completions``)."""
     template = ChatTemplate(tokenizer) if chat else None
-    ids = torch.tensor([PairTokenizer(tokenizer, 1, template=template).encode_prompt(as_prompt(prompt))])
-    sampling = (
-        {"do_sample": True, "temperature": temperature, "top_p": top_p} if temperature > 0 else {"do_sample": False}
-    )
-    out = model.generate(
-        input_ids=ids,
-        attention_mask=torch.ones_like(ids),
-        max_new_tokens=max_new_tokens,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-        **sampling,
-    )
-    return tokenizer.decode(out[0, ids.shape[1] :], skip_special_tokens=True)
+    ids = PairTokenizer(tokenizer, 1, template=template).encode_prompt(as_prompt(prompt))
+    (completion,) = sample_completions(model, [ids], sampling, tokenizer.eos_token_id, tokenizer.pad_token_id, seed)
+    return tokenizer.decode(completion.tokens, skip_special_tokens=True)
 
 
 def generate(argv: list[str] | None = None) -> None:
     parser = ToolParser(prog="hhalign generate", description="A reply from a trained policy.")
     parser.add_argument("--model", required=True, help="exported policy folder or SFT/DPO .ckpt")
     parser.add_argument("--prompt", required=True, help="a question or an hh-rlhf dialogue prefix")
-    parser.add_argument("--max_new_tokens", type=int, default=128)
-    parser.add_argument("--temperature", type=float, default=0.0, help="0 (the default) decodes greedily")
-    parser.add_argument("--top_p", type=float, default=1.0)
+    defaults = Sampling()
+    parser.add_argument("--max_new_tokens", type=int, default=defaults.max_new_tokens)
+    parser.add_argument(
+        "--temperature", type=float, default=defaults.temperature, help="1 samples the model itself; 0 is greedy"
+    )
+    parser.add_argument("--top_p", type=float, default=defaults.top_p)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--chat_template", action="store_true", help="render through the tokenizer's chat template")
     args = parser.parse_args(argv)
-    torch.manual_seed(args.seed)
     model = load_model(args.model).eval()
     tokenizer = load_tokenizer(args.model)
-    reply = generate_reply(
-        model, tokenizer, args.prompt, args.max_new_tokens, args.temperature, args.top_p, args.chat_template
-    )
-    print(reply)
+    sampling = Sampling(args.max_new_tokens, args.temperature, args.top_p)
+    print(generate_reply(model, tokenizer, args.prompt, sampling, args.seed, args.chat_template))
