@@ -20,6 +20,7 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveCon
 from lightning.pytorch.loggers import Logger, WandbLogger
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
+from hhalign.commands import TOOLS, TRAINER_COMMANDS, known_options, overview
 from hhalign.data.datamodule import PreferenceDataModule
 from hhalign.errors import UserError, explain_parse_error
 from hhalign.objectives.base import AlignmentModule
@@ -32,31 +33,10 @@ from hhalign.training.preemption import Preempted, Preemption
 from hhalign.training.sharding import refuse_deepspeed
 
 WANDB_ID_FILE = "wandb_run_id.txt"
-TRAINER_COMMANDS = {
-    "fit": "train an objective: SFT, DPO and its family, KTO, a reward model, RLOO / GRPO, online DPO",
-    "validate": "the validation metrics of a checkpoint, on its data or on other data (--data.val_path)",
-    "test": "as validate, logged under test/",
-}
-"""The Trainer methods the command runs (``predict`` is not one: ``score`` and ``generate`` do that work)."""
 QUIET_PARSERS: dict[str, Any] = {"exit_on_error": False} | {
     command: {"exit_on_error": False} for command in TRAINER_COMMANDS
 }
 """Parse errors are raised to ``main``, which prints them as one line, instead of after a usage dump."""
-TOOLS = {
-    "data": ("hhalign.cli:data_main", "data inspect: a run's data read and tokenized, without training"),
-    "evaluate": ("hhalign.tools.evaluate:main", "sample policy and reference, judge them by a reward model, KL"),
-    "export": ("hhalign.tools.export:main", "a checkpoint as a Hugging Face folder (safetensors)"),
-    "score": ("hhalign.tools.use:score", "rewards of replies, or of a file's pairs, from a reward model"),
-    "generate": ("hhalign.tools.use:generate", "a reply from a policy"),
-    "plot": ("hhalign.tools.plot:main", "a run's curves, or the reward-KL frontier of evaluations"),
-    "summary": ("hhalign.tools.summary:main", "the final numbers of one or more runs"),
-    "get-model": ("hhalign.models.importing:get_model_main", "build a known real model offline (SmolLM2-135M)"),
-    "import-gguf": ("hhalign.models.importing:import_main", "a GGUF file as a Hugging Face folder"),
-    "make-tiny": ("hhalign.models.tiny:main", "a tiny offline tokenizer and random Llama, for trying the machinery"),
-}
-"""Subcommands that are not a Trainer method: ``module:function(argv)`` and a line for ``hhalign --help``."""
-
-
 RANK_VARIABLES = ("RANK", "LOCAL_RANK", "NODE_RANK", "SLURM_PROCID", "JSM_NAMESPACE_RANK")
 """Where launchers put a process's rank: torchrun, Lightning's own launcher, SLURM's srun (which sets only
 ``SLURM_PROCID``), LSF's jsrun."""
@@ -77,20 +57,6 @@ class SaveConfigEverywhere(SaveConfigCallback):
         for logger in trainer.loggers:
             if isinstance(logger, WandbLogger):
                 logger.experiment.config.update({"hhalign_config": resolved}, allow_val_change=True)
-
-
-def overview() -> str:
-    """``hhalign --help``: every command with a line."""
-    lines = ["usage: hhalign COMMAND [options]   (hhalign COMMAND --help: its options)", "", "training (Lightning):"]
-    lines += [f"  {name:<12} {what}" for name, what in TRAINER_COMMANDS.items()]
-    lines += ["", "data, runs and models:"]
-    lines += [f"  {name:<12} {what}" for name, (_, what) in TOOLS.items()]
-    lines += [
-        "",
-        "Options are written with underscores everywhere: --data.max_length, --trainer.max_steps, --max_new_tokens.",
-        "The training commands read YAML: --config configs/smollm2/dpo.yaml, any key then as a flag.",
-    ]
-    return "\n".join(lines)
 
 
 class HHAlignCLI(LightningCLI):
@@ -243,37 +209,6 @@ def data_main(argv: list[str]) -> None:
     )
     cli.datamodule.setup("inspect")
     print(report(cli.datamodule))
-
-
-def known_options() -> list[str]:
-    """Every option the training commands take, for "did you mean": the top-level ones, the data module's, each
-    objective's and the Trainer's, as ``--group.name``."""
-    import inspect
-
-    from lightning import Trainer
-
-    def parameters(cls: type) -> set[str]:
-        return {n for n in inspect.signature(cls.__init__).parameters if n not in ("self", "args", "kwargs")}
-
-    def subclasses(cls: type) -> list[type]:
-        return [cls, *(s for sub in cls.__subclasses__() for s in subclasses(sub))]
-
-    import pkgutil
-
-    import hhalign.objectives
-
-    for info in pkgutil.iter_modules(hhalign.objectives.__path__):  # every objective, registered as a subclass
-        importlib.import_module(f"hhalign.objectives.{info.name}")
-
-    model = set().union(*(parameters(c) for c in subclasses(AlignmentModule)))
-    top = ["--config", "--ckpt_path", "--print_config", "--seed_everything", "--experiment_name", "--trial_name",
-           "--output_dir", "--wandb_mode", "--overwrite"]  # fmt: skip
-    return [
-        *top,
-        *(f"--model.{n}" for n in sorted(model)),
-        *(f"--data.{n}" for n in sorted(parameters(PreferenceDataModule))),
-        *(f"--trainer.{n}" for n in sorted(parameters(Trainer))),
-    ]
 
 
 def expand_extends(argv: list[str]) -> list[str]:

@@ -9,9 +9,10 @@ import pytest
 import torch
 
 from hhalign.data.batches import collate_pairs
-from hhalign.data.datamodule import PreferenceDataModule, length_grouped_batches
+from hhalign.data.datamodule import PreferenceDataModule
 from hhalign.data.examples import ExampleSettings, PairExamples
 from hhalign.data.pairs import TokenizedPair
+from hhalign.data.samplers import length_grouped_batches
 
 PAIRS = [
     TokenizedPair(prompt=[5, 6], chosen=[7, 1], rejected=[8, 9, 1]),

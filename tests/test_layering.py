@@ -17,7 +17,7 @@ LAYERS = [
     {"training"},
     {"objectives"},
     {"tools"},
-    {"cli", "__init__", "__main__"},
+    {"commands", "cli", "__init__", "__main__"},
 ]
 """Bottom first; the same order as docs/architecture.md."""
 RANK = {name: level for level, names in enumerate(LAYERS) for name in names}
@@ -77,5 +77,5 @@ def test_the_check_catches_an_upward_import(tmp_path, monkeypatch):
 def test_the_architecture_doc_states_this_order():
     text = (PACKAGE.parent / "docs" / "architecture.md").read_text()
     order = "errors, options, files → checkpoint_files → data → losses → models → rewards → training → objectives"
-    order += " → tools → cli"
+    order += " → tools → commands, cli"
     assert order in text

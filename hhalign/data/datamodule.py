@@ -26,7 +26,7 @@ from hhalign.data.batches import PaddingSide
 from hhalign.data.examples import EXAMPLE_KINDS, ExampleKind, ExampleSettings, sequences_fingerprint
 from hhalign.data.reading import read_records
 from hhalign.data.records import OnBadRecord, Record, first_conversational
-from hhalign.data.samplers import EvalShard, ResumableShuffle, length_order, length_sorted_batches
+from hhalign.data.samplers import EvalShard, ResumableShuffle, length_grouped_batches
 from hhalign.data.sources import source_kind, val_split_of
 from hhalign.data.templates import template_for
 from hhalign.data.tokenizers import load_tokenizer
@@ -66,29 +66,6 @@ def split_records(records: list[Record], valid_fraction: float, seed: int) -> tu
     random.Random(seed).shuffle(order)
     n_val = max(1, round(len(records) * valid_fraction))
     return [records[i] for i in sorted(order[n_val:])], [records[i] for i in sorted(order[:n_val])]
-
-
-def length_grouped_batches(lengths: list[int], batch_size: int, seed: int, processes: int = 1) -> list[list[int]]:
-    """Batches of similar length, in a seeded order: evaluation pads little, and its first
-    batches are a spread of lengths rather than the shortest examples.
-
-    With several processes the number of batches is a multiple of ``processes`` (sizes then differ by at most
-    one): each process runs as many batches as the others, so a collective inside an evaluation step (every
-    FSDP forward all-gathers its weights) never waits for a process that has finished; no example repeats.
-    """
-    if processes == 1:
-        batches = length_sorted_batches(lengths, batch_size)
-    else:
-        order = length_order(lengths)
-        n = len(order)
-        rounds = math.ceil(math.ceil(n / batch_size) / processes)
-        count = rounds * processes
-        if count > n:  # more batches than examples: one fewer round, each batch a little larger
-            count = n // processes * processes
-        bounds = [n * k // count for k in range(count + 1)]
-        batches = [order[bounds[k] : bounds[k + 1]] for k in range(count)]
-    random.Random(seed).shuffle(batches)
-    return batches
 
 
 class PreferenceDataModule(L.LightningDataModule):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import random
 from collections.abc import Iterator, Sequence
 from typing import Any
@@ -21,6 +22,29 @@ def length_sorted_batches(
     batcher of evaluation, sampling and the reference pass, which pad little this way."""
     order = length_order(lengths, indices)
     return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+
+
+def length_grouped_batches(lengths: list[int], batch_size: int, seed: int, processes: int = 1) -> list[list[int]]:
+    """Batches of similar length, in a seeded order: evaluation pads little, and its first
+    batches are a spread of lengths rather than the shortest examples.
+
+    With several processes the number of batches is a multiple of ``processes`` (sizes then differ by at most
+    one): each process runs as many batches as the others, so a collective inside an evaluation step (every
+    FSDP forward all-gathers its weights) never waits for a process that has finished; no example repeats.
+    """
+    if processes == 1:
+        batches = length_sorted_batches(lengths, batch_size)
+    else:
+        order = length_order(lengths)
+        n = len(order)
+        rounds = math.ceil(math.ceil(n / batch_size) / processes)
+        count = rounds * processes
+        if count > n:  # more batches than examples: one fewer round, each batch a little larger
+            count = n // processes * processes
+        bounds = [n * k // count for k in range(count + 1)]
+        batches = [order[bounds[k] : bounds[k + 1]] for k in range(count)]
+    random.Random(seed).shuffle(batches)
+    return batches
 
 
 class ResumableShuffle(DistributedSampler):
