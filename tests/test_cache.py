@@ -67,3 +67,43 @@ def test_a_changed_file_setting_or_kind_misses(small_jsonl: Path, tiny_dir: Path
     assert len(list(own_cache.glob("*.npz"))) == 4
     _data(small_jsonl, tiny_dir, cache_tokenized=False)
     assert len(list(own_cache.glob("*.npz"))) == 4
+
+
+def test_a_hub_dataset_is_cached_by_its_fingerprint(tmp_path, tiny_dir, monkeypatch):
+    """A hub name (here ``load_split`` stands in for the hub) is tokenized once, keyed by the split's fingerprint:
+    the second setup tokenizes nothing, and another revision of the data (another fingerprint) misses."""
+    import datasets
+
+    from tests.conftest import shipped_records
+
+    monkeypatch.setenv("HHALIGN_CACHE", str(tmp_path / "cache"))
+    revisions = {
+        "v1": datasets.Dataset.from_list(shipped_records(40)),
+        "v2": datasets.Dataset.from_list(shipped_records(41)),
+    }
+    current = {"revision": "v1"}
+    reads = []
+
+    def hub(path, split, data_dir):
+        reads.append(split)
+        return revisions[current["revision"]]
+
+    monkeypatch.setattr("hhalign.data.sources.load_split", hub)
+    monkeypatch.setattr("hhalign.data.cache.load_split", hub)
+
+    def setup():
+        data = PreferenceDataModule("someone/prefs", str(tiny_dir), max_length=256, valid_fraction=0.25)
+        data.setup("fit")
+        return data
+
+    first = setup()
+
+    def no_tokenizing(self, tokenizer):
+        raise RuntimeError("tokenized again")
+
+    monkeypatch.setattr("hhalign.data.datamodule.PreferenceDataModule._tokenize", no_tokenizing)
+    second = setup()
+    assert second.train_examples == first.train_examples and len(list((tmp_path / "cache").iterdir())) == 1
+    current["revision"] = "v2"
+    with pytest.raises(RuntimeError, match="tokenized again"):
+        setup()

@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from hhalign.data.sources import local_identity
+from hhalign.data.sources import load_split, local_identity
 from hhalign.files import atomic_write
 
 CACHE_VERSION = 2  # raise when tokenization changes what it makes of the same records
@@ -42,11 +42,20 @@ def tokenizer_identity(tokenizer: Any) -> str:
     return hashlib.sha256("\0".join(parts).encode()).hexdigest()
 
 
-def cache_key(settings: dict[str, Any], tokenizer: Any) -> str | None:
-    """None when a source is not local (a hub dataset, which ``datasets`` caches itself)."""
-    sources = [local_identity(settings.get("path")), local_identity(settings.get("val_path"))]
-    if any(s is None for s in sources):
-        return None
+def source_identity(path: str | None, data_dir: str | None, splits: list[str]) -> Any:
+    """A local source by its files; a hub dataset by the fingerprints ``datasets`` gives the splits it read
+    (they change with the dataset's revision), so the hub recipes are tokenized once too."""
+    local = local_identity(path)
+    if local is not None or path is None:
+        return local
+    return [load_split(path, split, data_dir)._fingerprint for split in splits]
+
+
+def cache_key(settings: dict[str, Any], tokenizer: Any) -> str:
+    s = settings
+    splits = [s["train_split"]] + [s["val_split"]] * bool(s.get("val_split"))
+    sources = [source_identity(s.get("path"), s.get("data_dir"), splits)]
+    sources.append(source_identity(s.get("val_path"), s.get("data_dir"), [s.get("val_split") or s["train_split"]]))
     blob = json.dumps({"v": CACHE_VERSION, "sources": sources, "settings": settings}, sort_keys=True, default=str)
     return hashlib.sha256((blob + tokenizer_identity(tokenizer)).encode()).hexdigest()[:24]
 

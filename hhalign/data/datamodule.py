@@ -89,9 +89,9 @@ class PreferenceDataModule(L.LightningDataModule):
         max_length: Bound on prompt + the longer response, in tokens.
         max_response_length: Bound on each response (default: ``max_length``).
         on_bad_record: ``error`` stops at the first unusable record naming its line; ``skip`` drops and counts it.
-        cache_tokenized: Keep the tokenized examples of local JSONL sources on disk (``hhalign.data.cache``,
-            under ``$HHALIGN_CACHE`` or ``~/.cache/hhalign/tokenized``), keyed by the files, the settings and the
-            tokenizer, so later runs and resumes skip reading and tokenizing.
+        cache_tokenized: Keep the tokenized examples on disk (``hhalign.data.cache``, under ``$HHALIGN_CACHE`` or
+            ``~/.cache/hhalign/tokenized``), keyed by the source (local files, or a hub dataset's fingerprints),
+            the settings and the tokenizer, so later runs and resumes skip tokenizing.
         shared_prompt: Pack each pair as one row ``prompt + chosen + rejected`` (see ``hhalign.models.layout``),
             so the prompt is computed once; off, chosen rows are stacked above rejected rows.
         group_by_length: Train on batches of pairs of similar length (less padding); each epoch is
