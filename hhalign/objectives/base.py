@@ -19,6 +19,7 @@ from hhalign.errors import UserError
 from hhalign.models.forward import enable_gradient_checkpointing
 from hhalign.models.loading import with_lora
 from hhalign.objectives.outputs import LENGTH_METRICS, PAIR_METRICS, PairOutputs, StepOutputs, length_metrics
+from hhalign.training.callbacks import training_flops
 from hhalign.training.checkpointing import check_fingerprints, checkpoint_dir
 from hhalign.training.sharding import TRAINED_IN_HALF, clip_sharded, gradient_norm, refuse_unsupported
 
@@ -140,7 +141,13 @@ class AlignmentModule(L.LightningModule):
         """What a step computes; pair modules derive it from ``pair_outputs``."""
         return self.pair_outputs(batch).step_outputs()
 
+    flops_per_batch: float | None = None  # the last step's, read by ``ThroughputMonitor`` (FLOPs/s, MFU)
+
+    def count_flops(self, batch: Any) -> float | None:
+        return training_flops(self.trainable_module(), getattr(self, "ref", None), batch.real_tokens, self.trainer)
+
     def training_step(self, batch: Any, batch_idx: int) -> Tensor | None:
+        self.flops_per_batch = self.count_flops(batch)
         out = self.step_outputs(batch)
         finite = self._finite_or_skip(out.loss, "loss")
         self.log("train/skipped_batches", float(self.skipped_batches), on_step=True, on_epoch=False)

@@ -120,6 +120,9 @@ class OnlineModule(PolicyModule):
     def needs_reference(self) -> bool:
         return self.hparams.beta > 0
 
+    def count_flops(self, batch: Any) -> None:
+        """Not counted: a step's time is mostly sampling, which the 6·N rule does not describe."""
+
     @property
     def sampling(self) -> Sampling:
         hp = self.hparams
