@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import logging
+from collections.abc import Iterator
 from typing import Any
 
 import torch
@@ -53,15 +56,42 @@ def load_model(
     try:
         if disable_dropout:
             overrides = {"config": _config_without_dropout(name_or_path, trust_remote_code, **overrides)}
-        return auto.from_pretrained(
-            name_or_path,
-            dtype=dtype,
-            attn_implementation=attn_implementation,
-            trust_remote_code=trust_remote_code,
-            **overrides,
-        )
+        with expected_fresh_head(head == "reward"):
+            return auto.from_pretrained(
+                name_or_path,
+                dtype=dtype,
+                attn_implementation=attn_implementation,
+                trust_remote_code=trust_remote_code,
+                **overrides,
+            )
     except (OSError, ValueError) as err:
         raise ModelLoadError(f"could not load model {name_or_path!r}: {err}") from err
+
+
+class _FreshHeadReport(logging.Filter):
+    """Drops transformers' load report when all it says is that the reward head (``score``) is new: a reward
+    model started from a causal LM always gets one. A report naming any other key is kept."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        text = record.getMessage()
+        if "LOAD REPORT" not in text:
+            return True
+        rows = [[cell.strip() for cell in line.split("|")] for line in text.splitlines() if line.count("|") >= 2]
+        keyed = [(row[0], row[1]) for row in rows if row[1] and row[1] != "Status" and not set(row[0]) <= {"-"}]
+        return not keyed or not all(key.startswith("score.") and status == "MISSING" for key, status in keyed)
+
+
+@contextlib.contextmanager
+def expected_fresh_head(reward: bool) -> Iterator[None]:
+    if not reward:
+        yield
+        return
+    logger, quiet = logging.getLogger("transformers.modeling_utils"), _FreshHeadReport()
+    logger.addFilter(quiet)
+    try:
+        yield
+    finally:
+        logger.removeFilter(quiet)
 
 
 def model_from_trained(trained: TrainedWeights, head: str = "causal_lm", **options: Any) -> Any:

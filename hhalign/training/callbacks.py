@@ -5,7 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 import lightning as L
-from lightning.pytorch.callbacks import ThroughputMonitor
+from lightning.pytorch.callbacks import RichModelSummary, RichProgressBar, ThroughputMonitor
+from lightning.pytorch.utilities.model_summary import get_human_readable_count
 from torch import nn
 
 from hhalign.training.sharding import is_fsdp
@@ -60,3 +61,45 @@ class Throughput(ThroughputMonitor):
             ("train/tokens_seen", self.tokens_seen),
         ):
             pl_module.log(key, float(value), on_step=True, on_epoch=False, batch_size=batch.n_examples)
+
+
+class ProgressBar(RichProgressBar):
+    """Lightning's rich bar, without its "Epoch 0/-2" in step-bounded runs (``max_epochs`` -1): "Epoch 0"."""
+
+    def _get_train_description(self, current_epoch: int) -> str:
+        if self.trainer.max_epochs is not None and self.trainer.max_epochs < 0:
+            return f"{f'Epoch {current_epoch}':{len(self.validation_description)}}"
+        return super()._get_train_description(current_epoch)
+
+
+class Summary(RichModelSummary):
+    """Lightning's rich model summary without its FLOPs column and total, which read 0: counting them needs an
+    ``example_input_array`` that hhalign's batches do not fit (``ThroughputMonitor`` logs the FLOPs of training)."""
+
+    @staticmethod
+    def summarize(
+        summary_data: list[tuple[str, list[str]]],
+        total_parameters: int,
+        trainable_parameters: int,
+        model_size: float,
+        total_training_modes: dict[str, int],
+        total_flops: int,
+        **summarize_kwargs: Any,
+    ) -> None:
+        from rich import get_console
+        from rich.table import Table
+
+        kept = [(name, values) for name, values in summary_data if name != "FLOPs" or total_flops]
+        table = Table(header_style=summarize_kwargs.get("header_style", "bold magenta"))
+        for name, _ in kept:
+            table.add_column(name, justify="right" if name in ("Params", "FLOPs") else "left")
+        for row in zip(*(values for _, values in kept), strict=True):
+            table.add_row(*row)
+        console = get_console()
+        console.print(table)
+        frozen = total_parameters - trainable_parameters
+        console.print(
+            f"[bold]Trainable params[/]: {get_human_readable_count(trainable_parameters).strip()}   "
+            f"[bold]Frozen[/]: {get_human_readable_count(frozen).strip()}   [bold]Size[/]: {model_size:,.1f} MB   "
+            f"[bold]Modules[/]: {total_training_modes['train']} training, {total_training_modes['eval']} eval"
+        )
