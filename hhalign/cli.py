@@ -16,6 +16,7 @@ from typing import Any, Literal
 
 import yaml
 from jsonargparse import ArgumentError, Namespace
+from lightning.pytorch.callbacks.progress import ProgressBar as LightningProgressBar
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 from lightning.pytorch.loggers import Logger, WandbLogger
 from lightning.pytorch.utilities.exceptions import SIGTERMException
@@ -27,6 +28,7 @@ from hhalign.objectives.base import AlignmentModule
 from hhalign.options import closest
 from hhalign.tools.plot import PlotAtFitEnd
 from hhalign.tools.summary import RunSummary
+from hhalign.training.callbacks import ProgressBar
 from hhalign.training.checkpointing import AtomicCheckpointIO
 from hhalign.training.loggers import ResumableCSVLogger, ResumeLogs
 from hhalign.training.preemption import Preempted, Preemption
@@ -147,6 +149,9 @@ class HHAlignCLI(LightningCLI):
             kwargs["logger"] = self.default_loggers()
         # after the configured callbacks, so the curves and the summary see the export and the last rows
         extra = [ResumeLogs(), Preemption(), PlotAtFitEnd(), RunSummary()]
+        own_bar = any(isinstance(c, LightningProgressBar) for c in trainer_config.get("callbacks") or [])
+        if trainer_config.get("enable_progress_bar") is not False and not own_bar:  # "Epoch 0", not "Epoch 0/-2"
+            extra.append(ProgressBar())
         kwargs["callbacks"] = [*(trainer_config.get("callbacks") or []), *extra]
         if not trainer_config.get("plugins"):
             kwargs["plugins"] = [AtomicCheckpointIO()]
