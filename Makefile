@@ -98,8 +98,8 @@ demo-tiny: $(TINY)/config.json  ## the whole pipeline with the offline tiny mode
 test: install  ## run the test suite
 	$(BIN)/python -m pytest
 
-test-fast: install  ## the suite without multi-step and multi-process runs (about 2 minutes)
-	$(BIN)/python -m pytest -m "not slow and not sharded"
+test-fast: install  ## the edit loop: the suite without multi-step, multi-process and real-model runs (< 2 min)
+	$(BIN)/python -m pytest -m "not slow and not sharded and not real"
 
 bench: install  ## speed and memory of DPO and RM training; ARGS="--peer trl" adds TRL on the same work
 	$(BIN)/python benchmarks/bench.py $(ARGS)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import subprocess
 import sys
 
+import pytest
+
 from tests.conftest import REPO
 
 
@@ -18,6 +20,7 @@ def test_losses_import_without_lightning_or_transformers():
     assert out.stdout.strip() == "[]"
 
 
+@pytest.mark.slow  # a fresh interpreter importing Lightning
 def test_python_dash_m_hhalign_is_the_command():
     out = subprocess.run(
         [sys.executable, "-m", "hhalign", "summary", "--help"], capture_output=True, text=True, cwd=REPO

@@ -303,6 +303,7 @@ def test_inspect_prints_the_shipped_datas_known_counts(capsys, tiny_dir):
     assert set(lengths) >= {"prompt", "chosen", "rejected"}
 
 
+@pytest.mark.slow
 def test_a_runs_data_summary_holds_the_audit(tmp_path, tiny_dir, small_jsonl):
     from tests.conftest import fit_tiny
 

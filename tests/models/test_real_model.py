@@ -23,6 +23,8 @@ from hhalign.objectives import DPOModule, RewardModule
 from tests.conftest import REPO, SHIPPED, shipped_records, write_jsonl
 from tests.gguf_files import dequantized, rotary_to_interleaved, write_llama_gguf
 
+pytestmark = pytest.mark.real  # SmolLM2-135M: part of make test, left out of make test-fast
+
 TEXT = "\n\nHuman: How do I bake bread?\n\nAssistant: Mix flour, water, salt and yeast."
 
 
