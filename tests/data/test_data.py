@@ -122,6 +122,8 @@ def test_summary_is_saved_to_the_run_directory(tmp_path: Path, tiny_dir: Path, s
     data.setup("fit")
     saved = json.loads((tmp_path / "exp" / "trial" / "data_summary.json").read_text())
     assert saved == data.summary and saved["read"] == 48
+    assert saved["format"] == {str(small_jsonl): "hh-rlhf"} and set(saved["tokens"]) == {"prompt", "chosen", "rejected"}
+    assert len(saved["rendered"]) == 2 and 0 <= saved["longer_reply_wins"] <= 1  # the audit `data inspect` prints
     batch = next(iter(data.train_dataloader()))
     assert batch.n_examples == 8 and batch.input_ids.shape[0] == 8  # packed: one row per pair
 

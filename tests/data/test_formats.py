@@ -3,8 +3,6 @@ and each bad shape refused in one line that names the file and line."""
 
 from __future__ import annotations
 
-import json
-from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -301,20 +299,6 @@ def test_inspect_prints_the_shipped_datas_known_counts(capsys, tiny_dir):
     assert "longer reply wins: " in out and out.count("--- example") == 2 and "⟦" in out
     lengths = {line.split()[0]: line.split()[1:] for line in out.splitlines() if line.startswith("  ")}
     assert set(lengths) >= {"prompt", "chosen", "rejected"}
-
-
-@pytest.mark.slow
-def test_a_runs_data_summary_holds_the_audit(tmp_path, tiny_dir, small_jsonl):
-    from tests.conftest import fit_tiny
-
-    run = fit_tiny(tmp_path, tiny_dir, small_jsonl, "configs/tiny/dpo.yaml", steps=1, val_every=1)
-    summary = json.loads((run / "data_summary.json").read_text())
-    assert summary["format"] == {str(small_jsonl): "hh-rlhf"} and summary["read"] == 48
-    assert set(summary["tokens"]) == {"prompt", "chosen", "rejected"} and len(summary["rendered"]) == 2
-    assert (
-        0 <= summary["longer_reply_wins"] <= 1
-        and Counter(summary["dropped"]).total() + sum(summary["kept"].values()) == 48
-    )
 
 
 def test_sft_reads_a_conversational_pairs_chosen_conversation(tmp_path, tiny_chat_dir):
