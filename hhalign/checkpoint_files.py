@@ -18,6 +18,8 @@ FINGERPRINT_KEY = "hhalign_fingerprints"
 REWARD_STATS_KEY = "hhalign_reward_stats"
 SHARDED_METADATA = "meta.pt"
 """The file beside the shards of an FSDP checkpoint folder that holds everything but the weights (Lightning's)."""
+FROM_SHARDS_KEY = "hhalign_read_from_shards"
+"""Set on a sharded folder read whole on one process: its weights, without the optimizer state."""
 TRAINED_KEY = "hhalign_trained"
 """``{"prefix": …, "head": …}``: where the trained model sits in the state dict, and its head."""
 
@@ -97,7 +99,7 @@ def read_sharded_checkpoint(folder: Path) -> dict:
         ) from None
     if "model" not in loaded or "global_step" not in checkpoint:
         raise CheckpointError(f"{folder} is not a sharded Lightning checkpoint written by hhalign")
-    return {**checkpoint, "state_dict": loaded["model"]}
+    return {**checkpoint, "state_dict": loaded["model"], FROM_SHARDS_KEY: str(folder)}
 
 
 def read_trained_weights(path: str) -> TrainedWeights:

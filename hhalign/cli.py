@@ -5,7 +5,6 @@ from __future__ import annotations
 import importlib
 import logging
 import os
-import shutil
 import signal
 import sys
 import uuid
@@ -25,14 +24,22 @@ from hhalign.commands import TOOLS, TRAINER_COMMANDS, known_options, overview
 from hhalign.data.datamodule import PreferenceDataModule
 from hhalign.errors import UserError, explain_parse_error
 from hhalign.objectives.base import AlignmentModule
-from hhalign.options import closest
+from hhalign.options import closest, expand_extends, import_class
 from hhalign.tools.plot import PlotAtFitEnd
 from hhalign.tools.summary import RunSummary
 from hhalign.training.callbacks import ProgressBar
 from hhalign.training.checkpointing import AtomicCheckpointIO
 from hhalign.training.loggers import ResumableCSVLogger, ResumeLogs
 from hhalign.training.preemption import Preempted, Preemption
-from hhalign.training.sharding import refuse_deepspeed
+from hhalign.training.rundir import (
+    EarlierRun,
+    RecordResume,
+    ReplaceEarlierRun,
+    RunRecord,
+    check_resume_last,
+    check_run_name,
+)
+from hhalign.training.sharding import check_placement
 
 WANDB_ID_FILE = "wandb_run_id.txt"
 QUIET_PARSERS: dict[str, Any] = {"exit_on_error": False} | {
@@ -101,23 +108,33 @@ class HHAlignCLI(LightningCLI):
         checkpoint's fingerprints refuse a resume whose data or reference differ instead."""
 
     def before_instantiate_classes(self) -> None:
-        """Refuse a strategy we do not support, and to write over an earlier run unless asked to resume it or
-        replace it."""
-        strategy = self._get(self.config, "trainer", default={}).get("strategy")
-        if "deepspeed" in str(strategy).lower():
-            refuse_deepspeed()
-        if launched_worker():
+        """Refuse, before anything loads or is written, what cannot run here (a strategy, an accelerator, an
+        objective under FSDP), a run name outside the output folder, a resume with nothing to resume, and a run
+        over an earlier one unless asked to resume it or replace it (which sets it aside until the new run has
+        a checkpoint)."""
+        get = partial(self._get, self.config)
+        for option in ("experiment_name", "trial_name"):
+            check_run_name(option, str(get(option)))
+        model = get("model", default=None)
+        objective = import_class(getattr(model, "class_path", None))
+        init_args = dict(vars(getattr(model, "init_args", None) or Namespace()))
+        check_placement(get("trainer", default=None) or {}, objective, init_args, str(self.subcommand))
+        if launched_worker() or self.subcommand != "fit":
             return  # a process started beside rank 0, which decides for all of them
         run_dir = self.run_dir()
+        if get("ckpt_path") == "last":
+            check_resume_last(run_dir)
+        if get("ckpt_path") is not None:
+            RunRecord.snapshot(run_dir)  # put back unless the resume is accepted
         earlier = any((run_dir / name).exists() for name in ("metrics.csv", "checkpoints"))
-        if self.subcommand != "fit" or not earlier or self._get(self.config, "ckpt_path") is not None:
+        if not earlier or get("ckpt_path") is not None:
             return
-        if not self._get(self.config, "overwrite"):
+        if not get("overwrite"):
             raise UserError(
                 f"{run_dir} already holds a run. Resume it with --ckpt_path last, choose another --trial_name, "
-                "or pass --overwrite true to delete it and start again"
+                "or pass --overwrite true to replace it (it is kept until the new run writes a checkpoint)"
             )
-        shutil.rmtree(run_dir)
+        EarlierRun.set_aside(run_dir)
 
     def default_loggers(self) -> list[Logger]:
         """The CSV log, always; wandb when switched on, continuing the same wandb run on resume."""
@@ -148,7 +165,7 @@ class HHAlignCLI(LightningCLI):
         if trainer_config.get("logger") in (None, True):
             kwargs["logger"] = self.default_loggers()
         # after the configured callbacks, so the curves and the summary see the export and the last rows
-        extra = [ResumeLogs(), Preemption(), PlotAtFitEnd(), RunSummary()]
+        extra = [ResumeLogs(), RecordResume(), Preemption(), ReplaceEarlierRun(), PlotAtFitEnd(), RunSummary()]
         own_bar = any(isinstance(c, LightningProgressBar) for c in trainer_config.get("callbacks") or [])
         if trainer_config.get("enable_progress_bar") is not False and not own_bar:  # "Epoch 0", not "Epoch 0/-2"
             extra.append(ProgressBar())
@@ -216,37 +233,6 @@ def data_main(argv: list[str]) -> None:
     print(report(cli.datamodule))
 
 
-def expand_extends(argv: list[str]) -> list[str]:
-    """``--config FILE`` whose YAML says ``extends: BASE`` becomes ``--config BASE --config <FILE's text
-    without that key>``: the base first, so the file's keys and the later flags win. ``BASE`` is relative to
-    the file and may extend another. The shipped configs share their trainer block this way."""
-    out: list[str] = []
-    for i, arg in enumerate(argv):
-        if i > 0 and argv[i - 1] == "--config":
-            continue
-        value = argv[i + 1] if arg == "--config" and i + 1 < len(argv) else None
-        if arg.startswith("--config="):
-            value = arg.split("=", 1)[1]
-        if value is None:
-            out.append(arg)
-            continue
-        out += _config_chain(Path(value)) if Path(value).is_file() else ["--config", value]
-    return out
-
-
-def _config_chain(path: Path) -> list[str]:
-    try:
-        config = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as err:
-        raise UserError(f"config {path} is not valid YAML: {err}") from None
-    if not isinstance(config, dict) or "extends" not in config:
-        return ["--config", str(path)]
-    base = path.parent / str(config.pop("extends"))
-    if not base.is_file():
-        raise UserError(f"{path}: 'extends: {base.name}' names {base}, which does not exist")
-    return [*_config_chain(base), "--config", yaml.safe_dump(config, sort_keys=False)]
-
-
 def _tool(name: str) -> Callable[[list[str]], Any]:
     module, function = TOOLS[name][0].split(":")
     return getattr(importlib.import_module(module), function)
@@ -294,6 +280,9 @@ def main(args: list[str] | None = None) -> None:
     except ArgumentError as err:  # jsonargparse's, for a bad option or config value: one line, no usage dump
         print(f"hhalign: error: {explain_parse_error(str(err), known_options())}", file=sys.stderr)
         sys.exit(2)
+    finally:  # what a failed command changed in a run directory is put back
+        RunRecord.restore_pending()  # a refused resume's config and data summary
+        EarlierRun.restore_pending()  # the run that --overwrite set aside, unless its replacement has a checkpoint
 
 
 if __name__ == "__main__":

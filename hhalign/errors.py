@@ -24,6 +24,11 @@ class ModelLoadError(UserError, OSError):
     """A model or tokenizer path cannot be used."""
 
 
+def first_line(err: BaseException, limit: int = 300) -> str:
+    """A library's error as one line: the first line of its message, or its type when it has none."""
+    return (str(err).strip().splitlines() or [type(err).__name__])[0][:limit]
+
+
 _PARSER_KEY = re.compile(r'Parser key "([^"]+)"')
 _LITERAL = re.compile(r"typing\.Literal\[(.*?)\]")
 _GIVEN = re.compile(r"(?:Got|Given) value: (.*)$")

@@ -1,4 +1,5 @@
-"""One flag style for every command: ``--max_new_tokens``, underscores, as the trainer's ``--data.max_length``.
+"""One flag style for every command (``--max_new_tokens``, underscores, as the trainer's ``--data.max_length``),
+and the config files behind the training commands.
 
 The tools parse with ``ToolParser``: each option is declared with underscores and still answers to its old
 kebab-case spelling (``--max-new-tokens``) for a release, with a one-line notice; an unknown option gets the
@@ -9,9 +10,15 @@ from __future__ import annotations
 
 import argparse
 import difflib
+import importlib
 import re
 import sys
+from pathlib import Path
 from typing import Any, NoReturn
+
+import yaml
+
+from hhalign.errors import UserError
 
 OLD_SPELLING_UNTIL = "0.2"
 _UNRECOGNIZED = re.compile(r"unrecognized arguments: (\S+)")
@@ -60,3 +67,45 @@ class ToolParser(argparse.ArgumentParser):
             if near:
                 message += f"; did you mean {near}?"
         super().error(message)
+
+
+def expand_extends(argv: list[str]) -> list[str]:
+    """``--config FILE`` whose YAML says ``extends: BASE`` becomes ``--config BASE --config <FILE's text
+    without that key>``: the base first, so the file's keys and the later flags win. ``BASE`` is relative to
+    the file and may extend another. The shipped configs share their trainer block this way."""
+    out: list[str] = []
+    for i, arg in enumerate(argv):
+        if i > 0 and argv[i - 1] == "--config":
+            continue
+        value = argv[i + 1] if arg == "--config" and i + 1 < len(argv) else None
+        if arg.startswith("--config="):
+            value = arg.split("=", 1)[1]
+        if value is None:
+            out.append(arg)
+            continue
+        out += _config_chain(Path(value)) if Path(value).is_file() else ["--config", value]
+    return out
+
+
+def _config_chain(path: Path) -> list[str]:
+    try:
+        config = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        raise UserError(f"config {path} is not valid YAML: {err}") from None
+    if not isinstance(config, dict) or "extends" not in config:
+        return ["--config", str(path)]
+    base = path.parent / str(config.pop("extends"))
+    if not base.is_file():
+        raise UserError(f"{path}: 'extends: {base.name}' names {base}, which does not exist")
+    return [*_config_chain(base), "--config", yaml.safe_dump(config, sort_keys=False)]
+
+
+def import_class(class_path: str | None) -> type | None:
+    """The class a config's ``class_path`` names, or None when it does not import (the parser says so later)."""
+    if not class_path or "." not in str(class_path):
+        return None
+    module_name, _, name = str(class_path).rpartition(".")
+    try:
+        return getattr(importlib.import_module(module_name), name)
+    except (ImportError, AttributeError):
+        return None

@@ -10,14 +10,16 @@ from lightning.pytorch.callbacks import Callback
 
 
 class KillAtStep(Callback):
-    """Send this process ``signal_name`` once ``global_step`` reaches ``step`` (after that step's update)."""
+    """Send this process ``signal_name`` once ``global_step`` reaches ``step`` (after that step's update): in every
+    process of a multi-process run (as SLURM and Kubernetes deliver SIGTERM), or in rank ``rank`` alone."""
 
-    def __init__(self, step: int, signal_name: str = "SIGKILL") -> None:
+    def __init__(self, step: int, signal_name: str = "SIGKILL", rank: int | None = None) -> None:
         self.step = step
         self.signal = getattr(signal, signal_name)
+        self.rank = rank
 
     def on_train_batch_end(self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int) -> None:
-        if trainer.global_step == self.step:
+        if trainer.global_step == self.step and self.rank in (None, trainer.global_rank):
             os.kill(os.getpid(), self.signal)
 
 

@@ -35,3 +35,16 @@ def test_no_source_file_grows_past_300_lines():
         if (n := len(p.read_text().splitlines())) > 300
     }
     assert not long, long
+
+
+def test_no_test_statement_is_a_check_that_cannot_fail():
+    """A bare ``assert_close(a, b) and torch.equal(c, d)`` runs the first check only (``assert_close`` returns
+    None), and a bare comparison checks nothing: every expression statement in the tests must be a call."""
+    import ast
+
+    silent = []
+    for path in (REPO / "tests").rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Expr) and isinstance(node.value, (ast.BoolOp, ast.Compare, ast.UnaryOp)):
+                silent.append(f"{path.relative_to(REPO)}:{node.lineno}")
+    assert not silent, silent

@@ -4,6 +4,7 @@ it in ``data_summary.json``."""
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Sequence
 from typing import Any
 
@@ -78,3 +79,28 @@ def audit(examples: Sequence[Any], counts: dict[str, int], tokenizer: Any, shown
 
     out["rendered"] = [render(e, decode) for e in examples[:shown]]
     return out
+
+
+DROP_ADVICE = {
+    "prompt_too_long": "the prompts do not fit: raise data.max_length (now {max_length})",
+    "identical_after_truncation": "the replies are identical once cut: raise data.max_response_length",
+    "identical": "chosen and rejected are the same text: check which columns hold them (--data.columns)",
+    "unpaired": "the records are unpaired completions (prompt, completion, label): KTO reads those "
+    "(--model hhalign.KTOModule); this objective needs pairs (prompt, chosen, rejected)",
+    "prompt_only": "the records hold a prompt but no chosen/rejected pair: map the columns that hold the two "
+    "replies with --data.columns, or give prompts to an online objective (--model hhalign.RLOOModule)",
+    "no_shared_prompt": "chosen and rejected share no leading prompt: give an explicit 'prompt'",
+    "empty_response": "a reply is empty: check the data",
+    "bad_record": "the records are unreadable (data.on_bad_record: skip dropped them): set it to error to see why",
+}
+
+
+def nothing_left(what: str, source: str, counts: Counter[str], max_length: int) -> str:
+    """Why no example of ``source`` survived, from what dropped most of them, and the advice for that cause."""
+    drops = {k.split(":", 1)[-1]: v for k, v in counts.items() if not k.startswith("cut:") and v}
+    if not drops:
+        return f"{source}: no {what} to train on; check the data"
+    cause = max(drops, key=lambda k: drops[k])
+    advice = DROP_ADVICE.get(cause, "check the data").format(max_length=max_length)
+    listed = ", ".join(f"{n} {k}" for k, n in sorted(drops.items(), key=lambda kv: -kv[1]))
+    return f"{source}: no {what} left ({listed}); {advice}"

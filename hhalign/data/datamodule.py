@@ -21,7 +21,7 @@ from torch.utils.data import DataLoader
 from torchdata.stateful_dataloader import StatefulDataLoader
 
 from hhalign.data import cache
-from hhalign.data.audit import audit
+from hhalign.data.audit import audit, nothing_left
 from hhalign.data.batches import PaddingSide
 from hhalign.data.examples import EXAMPLE_KINDS, ExampleKind, ExampleSettings, sequences_fingerprint
 from hhalign.data.reading import read_records
@@ -207,10 +207,9 @@ class PreferenceDataModule(L.LightningDataModule):
             self.val_examples = tokenize(val_records)
         counts.update(tokenize.counts)
         if not self.train_examples or not self.val_examples:
-            raise DataError(
-                f"no {'training' if not self.train_examples else 'validation'} {hp.examples} left after "
-                f"tokenization (drops: {dict(counts)}); raise data.max_length (now {hp.max_length}) or check the data"
-            )
+            stage = "training" if not self.train_examples else "validation"
+            source = hp.path if not self.train_examples or not hp.val_path else hp.val_path
+            raise DataError(nothing_left(f"{stage} {hp.examples}", source, counts, hp.max_length))
         self.summary = self._summarize(len(train_records) + len(val_records) + counts["bad_record"], counts)
         self.summary["validation"] = val_source
         self.summary["format"] = self.formats

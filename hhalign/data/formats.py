@@ -63,6 +63,10 @@ def to_record(raw: Any, origin: str, fmt: str | None = None, first: str | None =
     """One record of format ``fmt`` (detected at ``first``; by default, its own), checked field by field."""
     found = detect(raw, origin)
     fmt = fmt or found
+    # a conversational record whose reply opens with another role reads as implicit: check it as what the
+    # source is, so the error names the role that is wrong
+    if fmt == "conversational" and found == "conversational-implicit" and "prompt" in raw:
+        found = fmt
     if found != fmt:
         raise DataError(
             f"{origin}: a {found} record in a {fmt} source (detected from {first}); every record of a source must "
@@ -146,8 +150,12 @@ class _Fields:
                 raise DataError(f"{where}: role {message['role']!r} is not one of {', '.join(ROLES)}")
             if not isinstance(message["content"], str):
                 raise DataError(f"{where}: 'content' must be a string, got {type(message['content']).__name__}")
-        if self.fmt == "conversational" and key != "prompt" and any(m["role"] != "assistant" for m in value):
-            raise DataError(f"{self.origin}: field {key!r} must hold assistant messages only (the reply)")
+        other = [(i, m["role"]) for i, m in enumerate(value, start=1) if m["role"] != "assistant"]
+        if self.fmt == "conversational" and key != "prompt" and other:
+            raise DataError(
+                f"{self.origin}: field {key!r} must hold assistant messages only (the reply), but message "
+                f"{other[0][0]} has role {other[0][1]!r}; earlier turns belong in 'prompt'"
+            )
         return [{"role": m["role"], "content": m["content"]} for m in value]
 
     def number(self, key: str) -> float:

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import gzip
 import json
+import os
+import zlib
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Literal
@@ -29,10 +31,12 @@ def missing_local_path(name_or_path: str) -> bool:
     """True when the string plainly names a local path that does not exist (``./``, ``/``, ``~``, a path
     under ``LOCAL_ROOTS``, a known file suffix, or more than one ``/``, which no hub id has), so the user gets
     "does not exist" rather than a hub lookup error."""
+    first = name_or_path.split("/", 1)[0]
     local = (
         name_or_path.startswith((".", "/", "~", *LOCAL_ROOTS))
         or name_or_path.count("/") > 1
         or name_or_path.endswith(FILE_SUFFIXES)
+        or ("/" in name_or_path and Path(first).is_dir())  # under a folder that exists here: no hub id
     )
     return local and not Path(name_or_path).expanduser().exists()
 
@@ -98,12 +102,12 @@ def file_rows(file: Path) -> Iterator[tuple[str, Any]]:
 
 
 def _jsonl_rows(file: Path) -> Iterator[tuple[str, Any]]:
-    opener = gzip.open if file.name.endswith(".gz") else open
-    with opener(file, "rb") as handle:
-        for lineno, line in enumerate(handle, start=1):
+    lineno = 0
+    try:
+        for lineno, line in enumerate(_lines(file), start=1):
             origin = f"{file}:{lineno}"
             try:
-                text = line.decode("utf-8")
+                text = line.decode("utf-8-sig" if lineno == 1 else "utf-8")  # a byte-order mark opens some files
             except UnicodeDecodeError as err:
                 yield origin, DataError(f"{origin}: not valid UTF-8 (byte {err.start} of the line); re-encode it")
                 continue
@@ -113,11 +117,23 @@ def _jsonl_rows(file: Path) -> Iterator[tuple[str, Any]]:
                 yield origin, json.loads(text)
             except json.JSONDecodeError as err:
                 yield origin, DataError(f"{origin}: malformed JSON ({err})")
+    except gzip.BadGzipFile:
+        raise DataError(f"{file}: named .gz but not gzip-compressed; rename it without .gz") from None
+    except (EOFError, zlib.error) as err:
+        raise DataError(
+            f"{file}: the gzip stream breaks off after line {lineno} ({type(err).__name__}): the file is truncated "
+            "or damaged; copy or compress it again"
+        ) from None
+
+
+def _lines(file: Path) -> Iterator[bytes]:
+    with (gzip.open if file.name.endswith(".gz") else open)(file, "rb") as handle:
+        yield from handle
 
 
 def _json_rows(file: Path) -> Iterator[tuple[str, Any]]:
     try:
-        rows = json.loads(file.read_text(encoding="utf-8"))
+        rows = json.loads(file.read_text(encoding="utf-8-sig"))
     except (UnicodeDecodeError, json.JSONDecodeError) as err:
         raise DataError(f"{file}: not a JSON array of records ({err}); JSON Lines files end in .jsonl") from None
     if not isinstance(rows, list):
@@ -164,7 +180,11 @@ def load_split(path: str, split: str, data_dir: str | None) -> Any:
     try:
         return datasets.load_dataset(path, data_dir=data_dir, split=split)
     except Exception as err:  # datasets raises many types for a wrong name, split or missing network
-        raise DataError(f"could not load dataset {path!r} (data_dir={data_dir!r}, split={split!r}): {err}") from err
+        reason = (str(err).splitlines() or [type(err).__name__])[0][:300]
+        raise DataError(
+            f"data path {path!r} is not a local file or folder (none under {os.getcwd()}) and could not be loaded "
+            f"as a hub dataset (data_dir={data_dir!r}, split={split!r}): {reason}"
+        ) from None
 
 
 def split_names(path: str, data_dir: str | None) -> set[str]:

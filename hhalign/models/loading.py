@@ -9,12 +9,13 @@ from collections.abc import Iterator
 from typing import Any
 
 import torch
+from safetensors import SafetensorError
 from torch import nn
 from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSequenceClassification
 
 from hhalign.checkpoint_files import TrainedWeights, is_checkpoint_file, read_trained_weights
 from hhalign.data.tokenizers import check_exists, load_tokenizer
-from hhalign.errors import ModelLoadError
+from hhalign.errors import ModelLoadError, first_line
 
 __all__ = ["load_model", "load_tokenizer"]
 
@@ -64,8 +65,13 @@ def load_model(
                 trust_remote_code=trust_remote_code,
                 **overrides,
             )
+    except SafetensorError as err:
+        raise ModelLoadError(
+            f"could not read the weights of model {name_or_path!r} ({err}); the file is damaged or incomplete: "
+            "copy, export or build it again"
+        ) from None
     except (OSError, ValueError) as err:
-        raise ModelLoadError(f"could not load model {name_or_path!r}: {err}") from err
+        raise ModelLoadError(f"could not load model {name_or_path!r}: {first_line(err)}") from err
 
 
 class _FreshHeadReport(logging.Filter):

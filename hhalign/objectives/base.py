@@ -15,13 +15,13 @@ from torchmetrics import MeanMetric, SumMetric
 from transformers import get_scheduler
 
 from hhalign.checkpoint_files import FINGERPRINT_KEY, TRAINED_KEY
-from hhalign.errors import UserError
+from hhalign.errors import ConfigError, UserError
 from hhalign.models.forward import enable_gradient_checkpointing
 from hhalign.models.loading import with_lora
 from hhalign.objectives.outputs import LENGTH_METRICS, PAIR_METRICS, PairOutputs, StepOutputs, length_metrics
 from hhalign.training.callbacks import training_flops
-from hhalign.training.checkpointing import check_fingerprints, checkpoint_dir
-from hhalign.training.sharding import TRAINED_IN_HALF, clip_sharded, gradient_norm, refuse_unsupported
+from hhalign.training.checkpointing import check_fingerprints, checkpoint_dir, refuse_resume_from_shards
+from hhalign.training.sharding import TRAINED_IN_HALF, clip_sharded, gradient_norm, is_fsdp, refuse_unsupported
 
 STAGES = ("train", "val", "test")
 SKIPPED_KEY = "hhalign_skipped_batches"
@@ -98,12 +98,18 @@ class AlignmentModule(L.LightningModule):
         self.skipped_batches = 0
         for stage in STAGES:  # one metric object per stage, as torchmetrics expects for correct syncing
             names = self.metric_names() + (LENGTH_METRICS if stage != "train" and self.examples == "pairs" else ())
-            setattr(self, f"{stage}_metrics", nn.ModuleDict({n: MeanMetric() for n in names}))
+            sync = {"dist_sync_on_step": stage == "train"}  # a step's metrics are the global batch's
+            setattr(self, f"{stage}_metrics", nn.ModuleDict({n: MeanMetric(**sync) for n in names}))
         # how many pairs (or dialogues) an evaluation saw: the n behind its accuracy, for its error bars
         self.eval_examples = nn.ModuleDict({stage: SumMetric() for stage in STAGES if stage != "train"})
 
     def metric_names(self) -> tuple[str, ...]:
         return PAIR_METRICS + self.extra_metrics
+
+    @classmethod
+    def sharding_refusal(cls, init_args: dict[str, Any], stage: str = "fit") -> str | None:
+        """Why this objective with these arguments cannot run ``stage`` under FSDP, or None (the CLI asks first)."""
+        return None
 
     def stage_metrics(self, stage: str) -> nn.ModuleDict:
         return getattr(self, f"{stage}_metrics")
@@ -216,13 +222,11 @@ class AlignmentModule(L.LightningModule):
         return trainer.sanity_checking or not (trainer.should_stop or self._in_last_epoch_end())
 
     def _in_last_epoch_end(self) -> bool:
-        trainer = self.trainer
-        last_epoch = trainer.max_epochs is not None and trainer.current_epoch + 1 >= trainer.max_epochs
-        return last_epoch and trainer.fit_loop.epoch_loop.batch_progress.is_last_batch
+        last_epoch = self.trainer.max_epochs is not None and self.trainer.current_epoch + 1 >= self.trainer.max_epochs
+        return last_epoch and self.trainer.fit_loop.epoch_loop.batch_progress.is_last_batch
 
     def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
-        # Stopping at max_steps through should_stop makes Lightning validate once more, so every run
-        # ends with a full validation whatever its val_check_interval.
+        # should_stop at max_steps makes Lightning validate once more: every run ends with a full validation
         if 0 < self.trainer.max_steps <= self.trainer.global_step:
             self.trainer.should_stop = True
 
@@ -241,13 +245,9 @@ class AlignmentModule(L.LightningModule):
             optimizer.zero_grad(set_to_none=True)  # AdamW leaves parameters without a gradient untouched
 
     def configure_gradient_clipping(
-        self,
-        optimizer: torch.optim.Optimizer,
-        gradient_clip_val: float | None = None,
-        gradient_clip_algorithm: str | None = None,
+        self, optimizer: Any, gradient_clip_val: float | None = None, gradient_clip_algorithm: Any = None
     ) -> None:
-        """Norm clipping under FSDP goes through the root module's ``clip_grad_norm_`` (the global norm);
-        everything else is Lightning's."""
+        """Norm clipping under FSDP by the root module's ``clip_grad_norm_`` (the global norm); else Lightning's."""
         norm_clipping = gradient_clip_val and gradient_clip_algorithm in (None, "norm")
         if norm_clipping and clip_sharded(self.trainer, gradient_clip_val):
             return
@@ -255,6 +255,8 @@ class AlignmentModule(L.LightningModule):
 
     def setup(self, stage: str) -> None:
         refuse_unsupported(self.trainer)
+        if is_fsdp(self.trainer) and (refusal := self.sharding_refusal(dict(self.hparams), stage)):
+            raise ConfigError(refusal)
         half = self.hparams.model_dtype in ("bfloat16", "float16") or self.trainer.precision in TRAINED_IN_HALF
         if stage == "fit" and half:
             rank_zero_warn(
@@ -278,11 +280,12 @@ class AlignmentModule(L.LightningModule):
         checkpoint[SKIPPED_KEY] = self.skipped_batches
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        current = self.fingerprints()
-        if self._trainer is not None and self.trainer.state.fn != "fit":
-            # only a resumed fit must see the same data and reference: validate and test score any data
-            current = {"module": current["module"]}
-        check_fingerprints(checkpoint.get(FINGERPRINT_KEY, {}), current)
+        current, resuming = self.fingerprints(), self._trainer is not None and self.trainer.state.fn == "fit"
+        # only a resumed fit must see the same data and reference (validate and test score any data), and the
+        # optimizer state, which a sharded folder read on one process lacks
+        check_fingerprints(checkpoint.get(FINGERPRINT_KEY, {}), current if resuming else {"module": current["module"]})
+        if resuming:
+            refuse_resume_from_shards(checkpoint)
         self.skipped_batches = checkpoint.get(SKIPPED_KEY, 0)
 
     def configure_optimizers(self) -> Any:

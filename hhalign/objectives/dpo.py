@@ -12,7 +12,6 @@ from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor
 
 from hhalign.data.batches import AnyPairBatch
-from hhalign.errors import UserError
 from hhalign.losses.preference import (
     LossOptions,
     LossType,
@@ -27,7 +26,6 @@ from hhalign.models.forward import ScoredStates, model_inputs, response_states
 from hhalign.objectives.outputs import PairOutputs
 from hhalign.objectives.precompute import free_weights, precompute_reference
 from hhalign.objectives.reference import PolicyModule
-from hhalign.training.sharding import is_fsdp
 
 __all__ = ["DPOModule"]
 BCO_KEY = "hhalign_bco_running_mean"
@@ -107,13 +105,14 @@ class DPOModule(PolicyModule):
         self._check_step_zero(x, losses)
         return PairOutputs(losses, chosen_rewards, rejected_rewards, extras)
 
-    def setup(self, stage: str) -> None:
-        super().setup(stage)
-        if stage == "fit" and self.hparams.precompute_ref_logps and is_fsdp(self.trainer):
-            raise UserError(
-                "--model.precompute_ref_logps is not supported under FSDP (the sharded reference runs only inside "
-                "the wrapped forward); leave it off there: the reference then runs online, sharded like the policy"
-            )
+    @classmethod
+    def sharding_refusal(cls, init_args: dict[str, Any], stage: str = "fit") -> str | None:
+        if stage != "fit" or not init_args.get("precompute_ref_logps"):
+            return None
+        return (
+            "--model.precompute_ref_logps is not supported under FSDP (the sharded reference runs only inside "
+            "the wrapped forward); leave it off there: the reference then runs online, sharded like the policy"
+        )
 
     def on_fit_start(self) -> None:
         super().on_fit_start()

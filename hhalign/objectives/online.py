@@ -35,7 +35,6 @@ from hhalign.objectives.sample_log import sample_rows, write_samples
 from hhalign.rewards.functions import load_reward_function
 from hhalign.rewards.model import RewardModel, check_same_tokenizer
 from hhalign.rewards.terms import Rewards
-from hhalign.training.sharding import is_fsdp
 
 VALIDATION_SEED_OFFSET = 1 << 40
 """Validation draws from seeds of their own, the same at every validation, so its curve compares like with like."""
@@ -140,13 +139,12 @@ class OnlineModule(PolicyModule):
             model = RewardModel.load(hp.reward_model, **self.load_kwargs())
         self.rewards = Rewards(model, self.reward_terms, hp.reward_weights, hp.missing_eos_penalty)
 
-    def setup(self, stage: str) -> None:
-        super().setup(stage)
-        if is_fsdp(self.trainer):
-            raise ConfigError(
-                "the online objectives sample with generate(), which needs the whole policy on each process; "
-                "use --trainer.strategy ddp (FSDP is for the offline objectives)"
-            )
+    @classmethod
+    def sharding_refusal(cls, init_args: dict[str, Any], stage: str = "fit") -> str | None:
+        return (
+            "the online objectives sample with generate(), which needs the whole policy on each process; "
+            "use --trainer.strategy ddp (FSDP is for the offline objectives)"
+        )
 
     def on_fit_start(self) -> None:
         super().on_fit_start()

@@ -17,6 +17,7 @@ from hhalign.models.generation import Sampling, sample_completions
 from hhalign.models.loading import load_model, load_tokenizer
 from hhalign.objectives.reward import RewardModule
 from hhalign.options import ToolParser
+from hhalign.rewards.model import check_reward_model
 
 
 def as_prompt(text: str) -> str:
@@ -73,6 +74,7 @@ def score(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     if bool(args.pairs) == bool(args.prompt and args.response):
         parser.error("give --pairs FILE, or --prompt and at least one --response")
+    check_reward_model(args.model, "--model")  # a policy would load with a random score head: made-up rewards
     tokenizer = load_tokenizer(args.model)
     module = RewardModule(args.model)
     module.configure_model()

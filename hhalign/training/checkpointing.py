@@ -4,6 +4,9 @@ what they were trained on; and the checkpoint that keeps the best model by the o
 from __future__ import annotations
 
 import hashlib
+import os
+import re
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +16,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 from torch import nn
 
-from hhalign.checkpoint_files import CheckpointError, read_checkpoint
+from hhalign.checkpoint_files import FROM_SHARDS_KEY, CheckpointError, is_sharded_checkpoint, read_checkpoint
 from hhalign.files import atomic_write
 
 
@@ -67,12 +70,85 @@ def check_fingerprints(saved: dict[str, str], current: dict[str, str], path_hint
             )
 
 
+def refuse_resume_from_shards(checkpoint: dict[str, Any]) -> None:
+    """A sharded folder read whole on one process has no optimizer state to resume (it stays sharded on disk):
+    say so in one line instead of Lightning's KeyError about ``save_weights_only``."""
+    folder = checkpoint.get(FROM_SHARDS_KEY)
+    if folder:
+        raise CheckpointError(
+            f"{folder} is an FSDP sharded checkpoint: its optimizer state resumes only under FSDP. Resume with "
+            f"the run's FSDP strategy, or export it (hhalign export --ckpt {folder} --out DIR) and start a new "
+            "run from DIR (--model.model_name_or_path DIR)"
+        )
+
+
 def checkpoint_dir(trainer: L.Trainer) -> Path:
     """Where the run's ModelCheckpoint writes, so ``--ckpt_path last`` finds what we save."""
     for callback in trainer.checkpoint_callbacks:
         if isinstance(callback, ModelCheckpoint) and callback.dirpath:
             return Path(callback.dirpath)
     return Path(trainer.default_root_dir) / "checkpoints"
+
+
+LAST = "last.ckpt"
+STEP_IN_NAME = re.compile(r"step=(\d+)")
+
+
+def usable_checkpoint(path: Path) -> bool:
+    """A whole checkpoint: a file (written through a rename, so never truncated) or a sharded folder whose
+    metadata file, written after every shard, is there. A link counts when what it names does."""
+    return path.is_file() or is_sharded_checkpoint(path)
+
+
+def complete_checkpoints(folder: Path) -> list[Path]:
+    """The complete checkpoints in ``folder``, oldest first by the step in their names (then by time); links
+    such as ``last.ckpt`` and the hidden staging files of a save that a kill interrupted are left out."""
+    if not folder.is_dir():
+        return []
+    found = [
+        p for p in folder.glob("*.ckpt") if not p.name.startswith(".") and not p.is_symlink() and usable_checkpoint(p)
+    ]
+
+    def order(path: Path) -> tuple[int, float]:
+        step = STEP_IN_NAME.search(path.name)
+        return (int(step.group(1)) if step else -1, path.stat().st_mtime)
+
+    return sorted(found, key=order)
+
+
+def _remove(path: Path) -> None:
+    if path.is_symlink() or path.is_file():
+        path.unlink()
+    elif path.is_dir():
+        shutil.rmtree(path)
+
+
+def save_last_checkpoint(trainer: L.Trainer) -> Path:
+    """Write ``last.ckpt`` at this step on every rank, staged under a hidden name and renamed into place.
+
+    ``save_last: link`` makes ``last.ckpt`` a link to the newest periodic checkpoint; writing through it would
+    overwrite that checkpoint (an FSDP folder is written into in place), and a kill mid-save would leave a
+    half-written ``last.ckpt``. Staging keeps both whole.
+    """
+    last = checkpoint_dir(trainer) / LAST
+    staged = last.with_name(".last-staged.ckpt")
+    if trainer.is_global_zero:
+        last.parent.mkdir(parents=True, exist_ok=True)
+        _remove(staged)
+    trainer.strategy.barrier()
+    trainer.save_checkpoint(staged, weights_only=False)
+    if trainer.is_global_zero:
+        if staged.is_file() and not last.is_dir():
+            os.replace(staged, last)  # atomic, and a link in the way is replaced, not followed
+        else:
+            old = last.with_name(".last-replaced.ckpt")
+            _remove(old)
+            if last.is_symlink() or last.exists():
+                os.replace(last, old)
+            os.replace(staged, last)
+            _remove(old)
+    trainer.strategy.barrier()
+    return last
 
 
 class BestCheckpoint(ModelCheckpoint):

@@ -12,6 +12,8 @@ from lightning.pytorch.loggers import CSVLogger
 from lightning.pytorch.loggers.csv_logs import ExperimentWriter
 from lightning.pytorch.loggers.logger import rank_zero_experiment
 
+from hhalign.files import atomic_write
+
 
 class _KeepingWriter(ExperimentWriter):
     """Lightning's writer deletes an existing ``metrics.csv``; this one appends to it."""
@@ -31,7 +33,7 @@ class _KeepingWriter(ExperimentWriter):
             reader = csv.DictReader(handle)
             fields, rows = list(reader.fieldnames or []), list(reader)
         kept = [row for row in rows if row.get("step") in (None, "") or int(row["step"]) < step]
-        with open(self.metrics_file_path, "w", newline="") as handle:
+        with atomic_write(self.metrics_file_path) as partial, open(partial, "w", newline="") as handle:
             writer = csv.DictWriter(handle, fieldnames=fields)
             writer.writeheader()
             writer.writerows(kept)
@@ -56,12 +58,25 @@ class ResumeLogs(Callback):
     disk, and on resume drops the rows of steps after the checkpoint, which the run then replays.
     """
 
+    def __init__(self) -> None:
+        self._resumed = False
+
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if not trainer.is_global_zero or trainer.global_step == 0:
+        self._resumed = trainer.global_step > 0
+        if not self._resumed or not trainer.is_global_zero:
             return  # rank 0 alone owns the file
         for logger in trainer.loggers:
             if isinstance(logger, ResumableCSVLogger):
                 logger.experiment.drop_rows_from(trainer.global_step)
+
+    def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, idx: int) -> None:
+        """The step loggers are given is Lightning's count of batches that stepped, equal to ``global_step`` when a
+        batch starts. A checkpoint written by the validation that ends a run stores it one behind, and Lightning
+        catches it up only for checkpoints written mid-step: resumed as it is, every step of an extended run would
+        be logged one step early, over the rows before it."""
+        if self._resumed:
+            trainer.fit_loop.epoch_loop._batches_that_stepped = trainer.global_step
+            self._resumed = False
 
     def on_save_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]) -> None:
         for logger in trainer.loggers:

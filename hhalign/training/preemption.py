@@ -11,7 +11,7 @@ import lightning as L
 from lightning.pytorch.callbacks import Callback
 
 from hhalign.errors import UserError
-from hhalign.training.checkpointing import checkpoint_dir
+from hhalign.training.checkpointing import save_last_checkpoint
 
 HANDLED = (signal.SIGTERM, signal.SIGINT)
 
@@ -28,7 +28,10 @@ class Preemption(Callback):
     """On SIGTERM (cluster preemption) or SIGINT (Ctrl+C), finish the current step, write
     ``last.ckpt`` at that step and stop. A second SIGINT stops at once, as Ctrl+C usually does.
 
-    The decision is reduced across processes, so under DDP every rank saves and stops together.
+    The decision is reduced across processes at each step's end, so under DDP and FSDP every rank saves the
+    same step and stops together, whether the signal reached one rank or all of them. Lightning's own SIGTERM
+    handler is replaced once training starts: it broadcasts from inside the handler and forwards the signal
+    to the other ranks, so ranks signalled at different moments issue collectives that no longer match (a hang).
     """
 
     def __init__(self) -> None:
@@ -41,14 +44,22 @@ class Preemption(Callback):
             raise KeyboardInterrupt
         self.received = signum
 
-    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
-        if stage != "fit":
-            return
+    def _install(self) -> None:
         for signum in HANDLED:
             try:
-                self._previous[signum] = signal.signal(signum, self._handler)
+                previous = signal.signal(signum, self._handler)
             except ValueError:  # not the main thread: leave signals to whoever owns them
                 return
+            self._previous.setdefault(signum, previous)
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        if stage == "fit":
+            self._install()
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        """Lightning registers its SIGTERM handler after ``setup``; ours replaces it here, so Lightning's
+        flag (and its collectives) never fire and the decision is this callback's alone."""
+        self._install()
 
     def teardown(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         for signum, handler in self._previous.items():
@@ -62,8 +73,7 @@ class Preemption(Callback):
             self.received is not None, all=False
         ):
             return
-        path = checkpoint_dir(trainer) / "last.ckpt"
-        trainer.save_checkpoint(path)
+        path = save_last_checkpoint(trainer)
         signum = self.received or signal.SIGTERM
         self.stopped = Preempted(
             f"stopped by {signal.Signals(signum).name} after step {trainer.global_step}; checkpoint written to "

@@ -7,6 +7,7 @@ where this code does not look for them (README, Multi-GPU).
 
 from __future__ import annotations
 
+import importlib
 from typing import Any
 
 import lightning as L
@@ -15,7 +16,7 @@ from lightning.pytorch.strategies import DeepSpeedStrategy, FSDPStrategy
 from torch import Tensor, nn
 
 from hhalign.checkpoint_files import TrainedWeights
-from hhalign.errors import UserError
+from hhalign.errors import ConfigError, UserError
 from hhalign.models.loading import model_from_trained
 
 TRAINED_IN_HALF = ("bf16-true", "16-true", "bf16", "16", "half")
@@ -39,6 +40,60 @@ def refuse_deepspeed() -> None:
         "parameters that hhalign reads for the gradient norm, the LM head and checkpoints. Use "
         "--trainer.strategy fsdp (configs/dpo.yaml shows the settings) or ddp"
     )
+
+
+def _fsdp_kind(strategy: Any) -> tuple[bool, bool]:
+    """(is it FSDP, is it Lightning's own FSDP, which runs on GPUs only) for a strategy as the config gives it: a
+    registered name, a ``class_path`` (a namespace or dict), or an instance."""
+    if isinstance(strategy, str):
+        return strategy.lower().startswith("fsdp"), strategy.lower().startswith("fsdp")
+    class_path = getattr(strategy, "class_path", None) or (strategy.get("class_path") if isinstance(strategy, dict)
+                                                           else None)  # fmt: skip
+    if class_path is None:
+        return isinstance(strategy, FSDPStrategy), type(strategy) is FSDPStrategy
+    module_name, _, name = str(class_path).rpartition(".")
+    try:
+        cls = getattr(importlib.import_module(module_name), name)
+    except (ImportError, AttributeError, ValueError):
+        return False, False  # the parser names a class that does not import
+    return isinstance(cls, type) and issubclass(cls, FSDPStrategy), cls is FSDPStrategy
+
+
+def check_placement(trainer: Any, objective: Any, objective_args: dict[str, Any], stage: str) -> None:
+    """Refuse, before any data or weights load, what the chosen accelerator, strategy and objective cannot run
+    together; Lightning would say it later as a traceback, or after minutes of loading."""
+    strategy = trainer.get("strategy")
+    if "deepspeed" in str(strategy).lower():
+        refuse_deepspeed()
+    accelerator = str(trainer.get("accelerator") or "auto").lower()
+    has_gpu = torch.cuda.is_available()
+    if accelerator in ("gpu", "cuda") and not has_gpu:
+        raise ConfigError(
+            f"--trainer.accelerator {accelerator}: torch sees no GPU on this machine; use --trainer.accelerator cpu "
+            "with a CPU recipe (configs/tiny/, configs/smollm2/): configs/{dpo,rm,sft}.yaml are for a node of GPUs"
+        )
+    fsdp, lightnings_own = _fsdp_kind(strategy)
+    if fsdp and lightnings_own and (accelerator == "cpu" or not has_gpu):
+        raise ConfigError(
+            "--trainer.strategy fsdp runs on GPUs only (Lightning's FSDP refuses the CPU); on this machine use "
+            "--trainer.strategy ddp, or one process"
+        )
+    refusal = objective.sharding_refusal(objective_args, stage) if fsdp and objective is not None else None
+    if refusal:
+        raise ConfigError(refusal)
+
+
+def sum_over_processes(value: Tensor) -> tuple[Tensor, int]:
+    """``value`` summed over every process of the run (each must call this), and their count; ``value`` and 1
+    on one process. A plain collective rather than the trainer's, so the loss it serves reads the same in a
+    module driven by hand."""
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return value, 1
+    total = value.detach().clone()
+    dist.all_reduce(total)
+    return total, dist.get_world_size()
 
 
 def gradient_norm(grads: list[Tensor], trainer: L.Trainer | None) -> Tensor | None:

@@ -237,7 +237,8 @@ def test_an_earlier_run_is_not_overwritten(tmp_path: Path, small_jsonl: Path):
     with pytest.raises(SystemExit) as exited:  # replacing it is explicit, and the next error is the model path
         main([*args, "--overwrite", "true"])
     assert "does not exist" in str(exited.value.code)
-    assert not (run_dir / "metrics.csv").exists() and not (run_dir / "checkpoints").exists()
+    assert (run_dir / "metrics.csv").read_text() == "step,train/loss\n0,0.69\n"  # put back: nothing replaced it
+    assert (run_dir / "checkpoints").is_dir() and sorted(p.name for p in run_dir.parent.iterdir()) == ["dpo"]
 
 
 def _wandb_record(path: Path, expected: bytes, seconds: float = 30.0) -> bytes:

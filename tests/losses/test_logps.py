@@ -43,7 +43,8 @@ def test_chunked_logps_in_float32_match_cross_entropy_of_full_logits():
     sequences = torch.arange(50) % 4
     full = scattered_logps(hidden @ weight.T, labels, sequences, 4)
     chunked = sum_by_sequence(linear_token_logps(hidden, weight, None, labels, chunk=8), sequences, 4)
-    assert_close(chunked[0], full[0], rtol=1e-5, atol=1e-5) and torch.equal(chunked[1], full[1])
+    assert_close(chunked[0], full[0], rtol=1e-5, atol=1e-5)
+    assert torch.equal(chunked[1], full[1])  # the token counts, exactly
 
 
 def test_a_frozen_head_gets_no_gradient_and_the_hidden_states_still_do():

@@ -185,7 +185,8 @@ def test_simpo_needs_no_reference_and_rewards_are_scaled_means():
     counts = {"chosen_tokens": torch.tensor([2]), "rejected_tokens": torch.tensor([4])}
     x = PairLogps(torch.tensor([-1.0]), torch.tensor([-3.0]), **counts)
     _, chosen, rejected = preference_losses(x, LossOptions(beta=2.0), "simpo")
-    assert_close(chosen, torch.tensor([-1.0])) and assert_close(rejected, torch.tensor([-1.5]))
+    assert_close(chosen, torch.tensor([-1.0]))
+    assert_close(rejected, torch.tensor([-1.5]))
 
 
 def test_sft_term_is_each_pairs_chosen_token_mean_and_combines_with_weights():
@@ -213,9 +214,8 @@ def test_orpo_by_hand():
     )  # fmt: skip
     losses, chosen, rejected = preference_losses(x, LossOptions(beta=0.2), "orpo")
     assert_close(losses, torch.tensor([LN2 + 0.2 * math.log(4 / 3)]))
-    assert_close(chosen, torch.tensor([0.2 * math.log(0.5)])) and assert_close(
-        rejected, torch.tensor([0.2 * math.log(0.25)])
-    )
+    assert_close(chosen, torch.tensor([0.2 * math.log(0.5)]))
+    assert_close(rejected, torch.tensor([0.2 * math.log(0.25)]))
     assert not needs_reference("orpo") and not chosen.requires_grad
     losses.sum().backward()  # the NLL term pulls the chosen likelihood up: its gradient is negative
     assert x.policy_chosen.grad is not None and float(x.policy_chosen.grad) < 0

@@ -29,7 +29,8 @@ def test_kto_loss_by_hand():
     the undesirable one 2 − 2·σ(0.5·(0.5 + 1)); rewards are β·r."""
     losses, rewards = kto_loss(torch.tensor([1.0, -1.0]), torch.tensor([True, False]), torch.tensor(0.5), 0.5, 1.0, 2.0)
     assert_close(losses, torch.tensor([1 - sigmoid(0.25), 2 - 2 * sigmoid(0.75)]))
-    assert_close(rewards, torch.tensor([0.5, -0.5])) and not rewards.requires_grad
+    assert_close(rewards, torch.tensor([0.5, -0.5]))
+    assert not rewards.requires_grad
 
 
 def test_reference_point_is_the_clamped_detached_mean_of_mismatched_log_ratios():
@@ -76,7 +77,8 @@ def test_step_zero_reads_half_of_each_weight(tiny_dir: Path, tokenizer):
     with torch.no_grad():
         out = module.step_outputs(batch)
     expected = torch.where(batch.desirable, 0.5, 1.0)
-    assert_close(out.metrics["loss"][0], expected) and float(out.metrics["kl"][0][0]) == 0.0
+    assert_close(out.metrics["loss"][0], expected)
+    assert float(out.metrics["kl"][0][0]) == 0.0
 
 
 def test_training_raises_desirable_rewards_above_undesirable(tiny_dir: Path, tokenizer):
