@@ -85,6 +85,7 @@ class ResumableShuffle(DistributedSampler):
         if skip_first >= self.num_samples:
             raise ValueError(f"cannot skip {skip_first} of an epoch's {self.num_samples} items")
         self._resume_at = skip_first
+        self._resume_epoch: int | None = None  # the epoch ``_resume_at`` counts in; None: the first one iterated
 
     def _epoch_indices(self) -> list[int]:
         if self.lengths is None:
@@ -108,7 +109,10 @@ class ResumableShuffle(DistributedSampler):
 
     def __iter__(self) -> Iterator[int]:
         indices = self._epoch_indices()
-        self.yielded, self._resume_at = self._resume_at, 0
+        # A checkpoint written after an epoch's last batch holds that epoch, fully yielded, while Lightning
+        # resumes in the next: the position belongs to the epoch it was saved in, and only to it.
+        start = self._resume_at if self._resume_epoch in (None, self.epoch) else 0
+        self.yielded, self._resume_at, self._resume_epoch = start, 0, None
         for index in indices[self.yielded :]:
             self.yielded += 1
             yield index
@@ -118,6 +122,7 @@ class ResumableShuffle(DistributedSampler):
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.epoch, self._resume_at = state["epoch"], state["yielded"]
+        self._resume_epoch = self.epoch
 
 
 class EvalShard(DistributedSampler):

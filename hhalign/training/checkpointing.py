@@ -136,6 +136,9 @@ def save_last_checkpoint(trainer: L.Trainer) -> Path:
         last.parent.mkdir(parents=True, exist_ok=True)
         _remove(staged)
     trainer.strategy.barrier()
+    for callback in trainer.checkpoint_callbacks:  # theirs from now on: a resume relinks it, not last-v1.ckpt
+        if isinstance(callback, ModelCheckpoint) and callback.save_last:
+            callback.last_model_path = str(last)
     trainer.save_checkpoint(staged, weights_only=False)
     if trainer.is_global_zero:
         if staged.is_file() and not last.is_dir():

@@ -56,3 +56,21 @@ def test_skipping_batches_gives_the_rest_of_the_first_epoch_and_a_whole_second()
     skipped.set_epoch(1)
     full.set_epoch(1)
     assert list(skipped) == list(full)  # only the first epoch is cut
+
+
+def test_a_position_saved_at_an_epochs_end_does_not_skip_the_next_epoch():
+    """A checkpoint written after an epoch's last batch holds that epoch fully yielded; Lightning resumes in the
+    next epoch (``set_epoch(1)``), which must then run whole, as it would have without the stop."""
+    from hhalign.data.samplers import ResumableShuffle
+
+    uninterrupted = ResumableShuffle(10, 2, 0, seed=3)
+    uninterrupted.set_epoch(1)
+    expected = list(uninterrupted)
+    resumed = ResumableShuffle(10, 2, 0, seed=3)
+    resumed.load_state_dict({"epoch": 0, "yielded": 5})
+    resumed.set_epoch(1)
+    assert list(resumed) == expected and len(expected) == 5
+    mid_epoch = ResumableShuffle(10, 2, 0, seed=3)
+    mid_epoch.load_state_dict({"epoch": 1, "yielded": 2})
+    mid_epoch.set_epoch(1)
+    assert list(mid_epoch) == expected[2:]  # a position inside the epoch still continues there

@@ -102,7 +102,11 @@ def test_a_two_process_step_is_the_one_process_step_on_the_same_global_batch(
 ):
     """2 processes x 4 examples (SFT under DDP: x 2 micro-batches of 2) against 1 process x 8, 2 steps: the same
     losses (logged for the global batch), gradient norms and validation. SFT's loss is the mean over every target
-    token of the step, so this holds for it too."""
+    token of the step, so this holds for it too, accumulation included (its train/loss row is Lightning's last
+    micro-batch, so the gradient norm speaks for the step there). The step-0 loss agrees to 1e-6; gradient norms
+    and what follows the first update to 1e-5 (5e-5 under FSDP, whose flattened CPU kernels round differently:
+    1.2e-5 measured on SFT's norm): Adam's first update is nearly a sign, which turns float noise in small
+    gradients into whole learning-rate steps. The bug this guards against was 1.2% off."""
 
     def fit(trial: str, *extra: str) -> Path:
         args = tiny_args(
@@ -119,9 +123,12 @@ def test_a_two_process_step_is_the_one_process_step_on_the_same_global_batch(
     single = fit(f"{name}-single", "--data.batch_size", "8", "--trainer.val_check_interval", "2")
     got, expected = train_rows(multi), train_rows(single)
     assert sorted(got) == sorted(expected) == [0, 1]
+    accumulating = "--trainer.accumulate_grad_batches" in per_process  # then train/loss is the last micro-batch's
+    if not accumulating:
+        assert float(got[0]["train/loss"]) == pytest.approx(float(expected[0]["train/loss"]), rel=1e-6)
     for step in (0, 1):
-        for column in ("train/loss", "train/grad_norm"):
+        for column in ("train/grad_norm",) if accumulating else ("train/loss", "train/grad_norm"):
             value, reference = float(got[step][column]), float(expected[step][column])
-            assert value == pytest.approx(reference, rel=1e-6, abs=1e-6), (step, column)
+            assert value == pytest.approx(reference, rel=5e-5 if strategy == "fsdp" else 1e-5), (step, column)
     validation, reference = last_validation(multi), last_validation(single)
-    assert validation["val/loss"] == pytest.approx(reference["val/loss"], rel=1e-6, abs=1e-6)
+    assert validation["val/loss"] == pytest.approx(reference["val/loss"], rel=1e-5)
