@@ -75,11 +75,13 @@ def test_sigterm_stops_every_rank_at_one_step_with_a_checkpoint_and_resumes_exac
     assert _step_of(checkpoints / "last.ckpt") == 3
     assert _step_of(checkpoints / "step=2.ckpt") == 2  # written beside the periodic checkpoint, not through it
     assert not any(p.name.startswith(".") for p in checkpoints.iterdir())  # no staging file left
-    resumed = run_cli(_preemptible(root, tiny_dir, strategy, trial, "--ckpt_path", "last"), timeout=DEADLINE)
-    assert resumed.returncode == 0, resumed.stderr[-3000:]
-    expected, got = _whole(root, tiny_dir, strategy), train_rows(root / "tiny" / trial)
-    assert sorted(got) == sorted(expected) == [0, 1, 2, 3, 4]
-    for step in expected:
+    expected = _whole(root, tiny_dir, strategy)
+    if delivery == "every rank":  # the cluster's case is resumed; a signal to rank 0 leaves the same checkpoint
+        resumed = run_cli(_preemptible(root, tiny_dir, strategy, trial, "--ckpt_path", "last"), timeout=DEADLINE)
+        assert resumed.returncode == 0, resumed.stderr[-3000:]
+    got = train_rows(root / "tiny" / trial)
+    assert sorted(got) == (sorted(expected) if delivery == "every rank" else [0, 1, 2]) and len(expected) == 5
+    for step in got:
         assert float(got[step]["train/loss"]) == pytest.approx(float(expected[step]["train/loss"]), abs=1e-6), step
 
 
@@ -118,9 +120,10 @@ def test_a_two_process_step_is_the_one_process_step_on_the_same_global_batch(
         assert result.returncode == 0, result.stderr[-3000:]
         return root / "tiny" / trial
 
-    name = f"{objective}-{strategy}"
-    multi = fit(name, *_strategy(root, strategy), *per_process)
-    single = fit(f"{name}-single", "--data.batch_size", "8", "--trainer.val_check_interval", "2")
+    multi = fit(f"{objective}-{strategy}", *_strategy(root, strategy), *per_process)
+    single = root / "tiny" / f"{objective}-single"  # one per objective, shared by its strategies
+    if not (single / "summary.json").is_file():
+        fit(single.name, "--data.batch_size", "8", "--trainer.val_check_interval", "2")
     got, expected = train_rows(multi), train_rows(single)
     assert sorted(got) == sorted(expected) == [0, 1]
     accumulating = "--trainer.accumulate_grad_batches" in per_process  # then train/loss is the last micro-batch's

@@ -13,6 +13,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from hhalign.training.checkpointing import complete_checkpoints
 from tests.conftest import REPO, tiny_args
 from tests.sharded import fsdp_overlay, last_validation, run_cli, train_rows
 
@@ -88,6 +89,17 @@ def test_fsdp_dpo_killed_then_resumed_logs_the_losses_of_an_uninterrupted_run(
     assert sorted(got) == sorted(expected) == [0, 1, 2, 3, 4]
     for step in expected:
         assert float(got[step]["train/loss"]) == pytest.approx(float(expected[step]["train/loss"]), abs=1e-6), step
+    if state_dict_type == "sharded":  # its optimizer state is sharded: one process refuses it, changing nothing
+        run = tmp_path / "tiny" / "killed"
+        records = {name: (run / name).read_bytes() for name in ("config.yaml", "data_summary.json", "metrics.csv")}
+        folder = complete_checkpoints(run / "checkpoints")[-1]
+        assert folder.is_dir()
+        alone = run_cli(_fit(tmp_path, tiny_dir, small_jsonl, "configs/tiny/dpo.yaml", "killed", "--model.warmup_steps",
+                             "0", "--ckpt_path", str(folder), steps=6))  # fmt: skip
+        errors = [line for line in alone.stderr.splitlines() if line.startswith("hhalign: error:")]
+        assert alone.returncode == 1 and "Traceback" not in alone.stderr, alone.stderr[-2000:]
+        assert len(errors) == 1 and "is an FSDP sharded checkpoint" in errors[0] and "hhalign export" in errors[0]
+        assert records == {name: (run / name).read_bytes() for name in records}
 
 
 @pytest.mark.parametrize("strategy", ["fsdp", "ddp"])
