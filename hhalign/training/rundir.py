@@ -161,6 +161,11 @@ def changed_settings(before: str, after: str) -> dict[str, tuple[Any, Any]]:
     }
 
 
+def _short(value: Any, limit: int = 80) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
 class RecordResume(Callback):
     """Once a resume is accepted (its checkpoint read, training about to start): keep the record files as they
     now are, and if the settings changed, say what changed and keep the old config beside the new one as
@@ -179,6 +184,6 @@ class RecordResume(Callback):
             return
         kept = record.run_dir / f"config.before-step-{trainer.global_step}.yaml"
         kept.write_bytes(before)
-        listed = "; ".join(f"{key} {old!r} -> {new!r}" for key, (old, new) in changes.items())
+        listed = "; ".join(f"{key} {_short(old)} -> {_short(new)}" for key, (old, new) in changes.items())
         print(f"hhalign: resuming at step {trainer.global_step} with changed settings ({kept.name} keeps the "
               f"earlier ones): {listed}", file=sys.stderr)  # fmt: skip
