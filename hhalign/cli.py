@@ -123,7 +123,9 @@ class HHAlignCLI(LightningCLI):
             return  # a process started beside rank 0, which decides for all of them
         run_dir = self.run_dir()
         if get("ckpt_path") == "last":
-            check_resume_last(run_dir)
+            callbacks = (get("trainer", default=None) or {}).get("callbacks") or []
+            named = [getattr(c, "init_args", None) and c.init_args.get("dirpath") for c in callbacks]
+            check_resume_last(run_dir, [Path(d) for d in named if d])
         if get("ckpt_path") is not None:
             RunRecord.snapshot(run_dir)  # put back unless the resume is accepted
         earlier = any((run_dir / name).exists() for name in ("metrics.csv", "checkpoints"))

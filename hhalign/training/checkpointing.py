@@ -108,12 +108,13 @@ def complete_checkpoints(folder: Path) -> list[Path]:
     found = [
         p for p in folder.glob("*.ckpt") if not p.name.startswith(".") and not p.is_symlink() and usable_checkpoint(p)
     ]
+    return sorted(found, key=checkpoint_order)
 
-    def order(path: Path) -> tuple[int, float]:
-        step = STEP_IN_NAME.search(path.name)
-        return (int(step.group(1)) if step else -1, path.stat().st_mtime)
 
-    return sorted(found, key=order)
+def checkpoint_order(path: Path) -> tuple[int, float]:
+    """Oldest first: by the step in the name (``step=N``), then by modification time."""
+    step = STEP_IN_NAME.search(path.name)
+    return (int(step.group(1)) if step else -1, path.stat().st_mtime)
 
 
 def _remove(path: Path) -> None:

@@ -13,7 +13,13 @@ import lightning as L
 from lightning.pytorch.callbacks import Callback
 
 from hhalign.errors import UserError
-from hhalign.training.checkpointing import LAST, checkpoint_dir, complete_checkpoints, usable_checkpoint
+from hhalign.training.checkpointing import (
+    LAST,
+    checkpoint_dir,
+    checkpoint_order,
+    complete_checkpoints,
+    usable_checkpoint,
+)
 
 CHECKPOINTS = "checkpoints"
 
@@ -24,17 +30,18 @@ def check_run_name(option: str, name: str) -> None:
         raise UserError(f"--{option} {name!r} must be a single folder name (no '/', not '.' or '..')")
 
 
-def check_resume_last(run_dir: Path) -> None:
+def check_resume_last(run_dir: Path, folders: list[Path] | None = None) -> None:
     """``--ckpt_path last`` needs a whole ``last.ckpt``; without one Lightning would warn and train from step 0
-    in the same folder. Refuse instead, naming the newest complete checkpoint the run could resume from."""
-    last = run_dir / CHECKPOINTS / LAST
-    if usable_checkpoint(last):
+    in the same folder. Refuse instead, naming the newest complete checkpoint the run could resume from.
+    ``folders``: where the run's checkpoint callbacks write, when a config names them (else ``checkpoints/``)."""
+    folders = folders or [run_dir / CHECKPOINTS]
+    if any(usable_checkpoint(folder / LAST) for folder in folders):
         return
-    found = complete_checkpoints(run_dir / CHECKPOINTS)
+    found = sorted((c for folder in folders for c in complete_checkpoints(folder)), key=checkpoint_order)
     if found:
         raise UserError(
-            f"--ckpt_path last: {last} is missing or incomplete (a run stopped while saving?); the newest complete "
-            f"checkpoint is {found[-1]}: resume from it with --ckpt_path {found[-1]}"
+            f"--ckpt_path last: {folders[0] / LAST} is missing or incomplete (a run stopped while saving?); the "
+            f"newest complete checkpoint is {found[-1]}: resume from it with --ckpt_path {found[-1]}"
         )
     where = "holds no checkpoint" if run_dir.is_dir() else "does not exist"
     raise UserError(

@@ -146,3 +146,21 @@ def test_the_weights_fingerprint_makes_no_float64_copy_of_a_tensor(monkeypatch: 
     with torch.no_grad():
         model.weight[0, 0] += 1e-3
     assert weights_fingerprint(model) != before
+
+
+def test_resume_last_looks_where_the_configs_checkpoints_write(tmp_path: Path):
+    """A ModelCheckpoint with its own dirpath keeps last.ckpt there: --ckpt_path last is accepted from it, and a
+    refusal names the newest complete checkpoint over every folder, never a hidden partial file."""
+    from hhalign.errors import UserError
+    from hhalign.training.rundir import check_resume_last
+
+    run, elsewhere = tmp_path / "run", tmp_path / "elsewhere"
+    elsewhere.mkdir(parents=True)
+    (elsewhere / "step=3.ckpt").write_bytes(b"3")
+    (elsewhere / ".step=4.partial-1.ckpt").write_bytes(b"4")
+    with pytest.raises(UserError, match=r"newest complete checkpoint is .*elsewhere/step=3\.ckpt"):
+        check_resume_last(run, [elsewhere])
+    (elsewhere / "last.ckpt").symlink_to("step=3.ckpt")
+    check_resume_last(run, [elsewhere])  # accepted
+    with pytest.raises(UserError, match="does not exist to resume"):
+        check_resume_last(run)  # the default folder, under a run that is not there
