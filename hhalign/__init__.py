@@ -18,6 +18,7 @@ __all__ = [
     "GRPOModule",
     "KTOModule",
     "OnlineDPOModule",
+    "PPOModule",
     "PreferenceDataModule",
     "RLOOModule",
     "RewardModule",

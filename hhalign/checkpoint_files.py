@@ -6,6 +6,7 @@ trained model in the state dict and that model's head), so nothing here knows th
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,6 +21,8 @@ SHARDED_METADATA = "meta.pt"
 """The file beside the shards of an FSDP checkpoint folder that holds everything but the weights (Lightning's)."""
 FROM_SHARDS_KEY = "hhalign_read_from_shards"
 """Set on a sharded folder read whole on one process: its weights, without the optimizer state."""
+EXPORT_INFO = "hhalign_export.json"
+"""Beside an export's weights: where it came from and, for a reward model, its scores' validation statistics."""
 TRAINED_KEY = "hhalign_trained"
 """``{"prefix": …, "head": …}``: where the trained model sits in the state dict, and its head."""
 
@@ -122,3 +125,12 @@ def read_trained_weights(path: str) -> TrainedWeights:
     return TrainedWeights(
         str(path), str(module), str(base), trained["head"], int(checkpoint["global_step"]), state, hparams, stats
     )
+
+
+def read_reward_stats(path: str) -> dict[str, float]:
+    """The validation mean and standard deviation of a reward model's scores (``mean``, ``std``), as its
+    hhalign export or checkpoint records them; empty for any other model."""
+    if is_checkpoint_file(path):
+        return dict(read_trained_weights(path).reward_stats)
+    info = Path(path) / EXPORT_INFO
+    return dict(json.loads(info.read_text()).get("reward_stats") or {}) if info.is_file() else {}

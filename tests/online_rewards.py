@@ -22,3 +22,9 @@ def has_e(prompts: list[str], completions: list[str]) -> list[float]:
     """1 for a completion with the letter e in it, else 0: a pair either ties or says plainly which is better,
     which is what online DPO learns from (it reads which sample won, not by how much)."""
     return [float("e" in c) for c in completions]
+
+
+def count_of_e(prompts: list[str], completions: list[str]) -> list[float]:
+    """How many times the letter e occurs: ``share_of_e``'s signal on the scale of a normalized reward model's
+    scores (a standard deviation near 1 on the tiny model's samples, where ``share_of_e``'s is near 0.1)."""
+    return [float(c.count("e")) for c in completions]

@@ -19,7 +19,9 @@ from torch import Tensor
 from hhalign.errors import ConfigError
 
 AdvantageType = Literal["rloo", "grpo", "dr_grpo"]
-TokenReduction = Literal["grpo", "bnpo", "dr_grpo"]
+TokenReduction = Literal["grpo", "bnpo", "dapo", "dr_grpo"]
+LossType = Literal["sequence", "grpo", "bnpo", "dapo", "dr_grpo"]
+"""``sequence``: one ratio per completion (``sequence_surrogate``); the others reduce per-token losses."""
 
 
 def _grouped(rewards: Tensor, minimum: int) -> Tensor:
@@ -132,6 +134,39 @@ def clipped_surrogate(
     return Surrogate(-torch.minimum(unclipped, clipped), was_clipped.float().sum() / real)
 
 
+def sequence_surrogate(
+    logps: Tensor,
+    old_logps: Tensor,
+    advantages: Tensor,
+    mask: Tensor,
+    epsilon_low: float = 0.2,
+    epsilon_high: float = 0.2,
+) -> Surrogate:
+    """The clipped surrogate with one action per completion, as TRL's RLOO (Ahmadian et al. 2024): the ratio
+    ``ρ = exp(Σ_t log π − Σ_t log π_old)`` of the whole completion, ``−min(ρ·A, clip(ρ)·A)`` per completion,
+    ``(N,)``; the caller takes the mean over completions. With one optimizer step per rollout its gradient is
+    ``−A·∇Σ_t log π``, REINFORCE's with no length weighting."""
+    real = mask.float()
+    ratio = torch.exp(((logps - old_logps.detach()) * real).sum(dim=1))
+    advantages = advantages.detach().reshape(-1)
+    unclipped = ratio * advantages
+    clipped = torch.clamp(ratio, 1 - epsilon_low, 1 + epsilon_high) * advantages
+    return Surrogate(-torch.minimum(unclipped, clipped), (clipped < unclipped).float().mean())
+
+
+def whiten(values: Tensor, mask: Tensor | None = None, total: Callable[[Tensor], Tensor] | None = None) -> Tensor:
+    """``(v − mean)/(std + 1e-8)`` over the real entries of the batch (OpenRLHF's and verl's advantage
+    whitening, REINFORCE++'s batch normalization), 0 where masked; ``total`` sums over every process (the
+    statistics are then the global batch's). Detached."""
+    values = values.detach()
+    real = torch.ones_like(values) if mask is None else mask.float()
+    total = total or (lambda x: x)
+    sums = total(torch.stack([(values * real).sum(), real.sum()]))
+    mean = sums[0] / sums[1].clamp(min=1)
+    variance = total(((values - mean) ** 2 * real).sum()[None])[0] / (sums[1] - 1).clamp(min=1)
+    return (values - mean) / (variance.sqrt() + 1e-8) * real
+
+
 def grpo_reduction(token_losses: Tensor, mask: Tensor, max_tokens: int | None = None) -> Tensor:
     """The mean over completions of each completion's token mean (GRPO as published): a long completion's
     tokens each weigh less, which biases the update towards long wrong answers and short right ones."""
@@ -143,6 +178,17 @@ def bnpo_reduction(token_losses: Tensor, mask: Tensor, max_tokens: int | None = 
     """The mean over every real token of the batch: each token weighs the same whatever its completion."""
     mask = mask.float()
     return (token_losses * mask).sum() / mask.sum().clamp(min=1)
+
+
+def dapo_reduction(
+    token_losses: Tensor, mask: Tensor, max_tokens: int | None = None, tokens_per_process: Tensor | None = None
+) -> Tensor:
+    """The token sum over the mean real-token count of a process (DAPO; TRL's GRPO default): every token of
+    the global batch weighs the same, however the tokens fall on the processes (gradients are then averaged
+    over them). On one process it is ``bnpo``."""
+    mask = mask.float()
+    count = mask.sum() if tokens_per_process is None else tokens_per_process
+    return (token_losses * mask).sum() / count.clamp(min=1)
 
 
 def dr_grpo_reduction(token_losses: Tensor, mask: Tensor, max_tokens: int | None = None) -> Tensor:
@@ -157,12 +203,22 @@ def dr_grpo_reduction(token_losses: Tensor, mask: Tensor, max_tokens: int | None
 TOKEN_REDUCTIONS: dict[str, Callable[..., Tensor]] = {
     "grpo": grpo_reduction,
     "bnpo": bnpo_reduction,
+    "dapo": dapo_reduction,
     "dr_grpo": dr_grpo_reduction,
 }
 
 
-def reduce_token_losses(token_losses: Tensor, mask: Tensor, kind: str, max_tokens: int | None = None) -> Tensor:
-    """The named reduction of ``(N, T)`` token losses to the scalar the optimizer steps on."""
+def reduce_token_losses(
+    token_losses: Tensor,
+    mask: Tensor,
+    kind: str,
+    max_tokens: int | None = None,
+    tokens_per_process: Tensor | None = None,
+) -> Tensor:
+    """The named reduction of ``(N, T)`` token losses to the scalar the optimizer steps on; ``tokens_per_process``
+    (the global batch's real tokens over the process count) is what ``dapo`` divides by."""
     if kind not in TOKEN_REDUCTIONS:
         raise ConfigError(f"unknown loss_type {kind!r}; choose one of {sorted(TOKEN_REDUCTIONS)}")
+    if kind == "dapo":
+        return dapo_reduction(token_losses, mask, max_tokens, tokens_per_process)
     return TOKEN_REDUCTIONS[kind](token_losses, mask, max_tokens)

@@ -173,6 +173,15 @@ def sequence_rewards(model: nn.Module, inputs: ModelInputs) -> Tensor:
     return score_head(model)(last_hidden(model, inputs)).squeeze(-1).float()
 
 
+def token_values(model: nn.Module, inputs: ModelInputs) -> Tensor:
+    """A critic's value before each scored token, ``(N,)`` float32: its scalar head read at the position that
+    predicts the token (where a policy's log-prob of it is read), so values and log-probs line up token for
+    token."""
+    scored = scored_tokens(inputs.batch)
+    hidden = backbone(model)(**inputs.forward_args()).last_hidden_state
+    return score_head(model)(hidden[scored.rows, scored.predictors]).squeeze(-1).float()
+
+
 def enable_gradient_checkpointing(model: nn.Module) -> None:
     """Recompute activations in the backward pass: less memory for about a third more compute."""
     kwargs = {"use_reentrant": False}

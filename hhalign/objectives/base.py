@@ -159,6 +159,11 @@ class AlignmentModule(L.LightningModule):
         self.log("train/skipped_batches", float(self.skipped_batches), on_step=True, on_epoch=False)
         if not finite:
             return None  # Lightning then skips backward and the optimizer step on every rank
+        self.log_training_metrics(out)
+        return out.loss
+
+    def log_training_metrics(self, out: StepOutputs) -> None:
+        """A training step's metrics, each the global batch's mean (synced on the step)."""
         for name, (values, weights) in out.metrics.items():
             metric = self.stage_metrics("train")[name]
             metric(values.detach().float(), 1.0 if weights is None else weights)
@@ -170,7 +175,6 @@ class AlignmentModule(L.LightningModule):
                 batch_size=out.batch_size,
                 prog_bar=name in self.progress_metrics,
             )
-        return out.loss
 
     def _finite_or_skip(self, value: Tensor, what: str) -> bool:
         """Agree across processes whether ``value`` is finite; if not, stop or count a skipped batch."""
@@ -288,13 +292,20 @@ class AlignmentModule(L.LightningModule):
             refuse_resume_from_shards(checkpoint)
         self.skipped_batches = checkpoint.get(SKIPPED_KEY, 0)
 
+    def optimizer_parameters(self) -> Any:
+        """What the optimizer updates: the trained model's parameters (or parameter groups)."""
+        return [p for p in self.trainable_module().parameters() if p.requires_grad]
+
+    def scheduled_steps(self) -> int:
+        """The optimizer steps the learning-rate schedule spans."""
+        return int(self.trainer.estimated_stepping_batches)
+
     def configure_optimizers(self) -> Any:
-        params = [p for p in self.trainable_module().parameters() if p.requires_grad]
-        optimizer = self.optimizer_factory(params)
+        optimizer = self.optimizer_factory(self.optimizer_parameters())
         scheduler = get_scheduler(
             self.hparams.lr_schedule,
             optimizer,
             num_warmup_steps=self.hparams.warmup_steps,
-            num_training_steps=int(self.trainer.estimated_stepping_batches),
+            num_training_steps=self.scheduled_steps(),
         )
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}

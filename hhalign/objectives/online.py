@@ -1,298 +1,151 @@
-"""The base of the online objectives: each training step samples completions of its prompts from the policy,
-scores them with the reward, and hands the scored samples (a ``Rollout``) to the objective's loss.
-
-Sampling is seeded by the step (and the rank, and the validation batch), so a resumed run draws exactly the
-samples the uninterrupted one drew: the only state it needs is the global step, which the checkpoint holds.
+"""The base of the online objectives: each training step is one rollout. It samples completions of its prompts
+from the policy, scores them with the reward, and takes ``num_iterations × num_minibatches`` optimizer steps on
+them (Lightning's manual optimization), each clipped to ``max_grad_norm``, the learning rate scheduled per
+optimizer step. ``global_step`` counts optimizer steps, as Lightning and TRL count them; the logs hold one row
+per rollout. A checkpoint falls between rollouts, so it holds no samples.
 """
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
 import torch
-from jsonargparse.typing import NonNegativeFloat, NonNegativeInt, PositiveFloat, PositiveInt
+from jsonargparse.typing import PositiveFloat, PositiveInt
 from torch import Tensor
 
-from hhalign.data.batches import GroupBatch, PromptBatch, collate_groups
+from hhalign.data.batches import GroupBatch, PromptBatch
 from hhalign.errors import ConfigError
-from hhalign.losses.logps import tokens_by_sequence
-from hhalign.losses.policy_gradient import k1, k3
-from hhalign.models.forward import model_inputs, response_states
-from hhalign.models.generation import Sampling, sample_groups
-from hhalign.models.loading import load_tokenizer
 from hhalign.objectives.outputs import StepOutputs
-from hhalign.objectives.reference import PolicyModule
-from hhalign.objectives.rollouts import (
-    ROLLOUT_KEY,
-    Rollout,
-    gather_states,
-    own_state,
-    rollout_from_state,
-    rollout_state,
-)
-from hhalign.objectives.sample_log import sample_rows, write_samples
-from hhalign.rewards.functions import load_reward_function
-from hhalign.rewards.model import RewardModel, check_same_tokenizer
-from hhalign.rewards.terms import Rewards
+from hhalign.objectives.rollouts import Prepared, Rollout, minibatch_rows, select_prepared
+from hhalign.objectives.sampling import SamplingModule
+from hhalign.training.sharding import sum_over_processes
 
-VALIDATION_SEED_OFFSET = 1 << 40
-"""Validation draws from seeds of their own, the same at every validation, so its curve compares like with like."""
+Forwards = dict[str, Tensor]
+"""What the trained models give on a batch of samples: ``logps`` and ``mask`` ``(N, T)``, and for PPO ``values``."""
+Metrics = dict[str, tuple[Tensor, Tensor | None]]
 
 
-class OnlineModule(PolicyModule):
+class OnlineModule(SamplingModule):
     """A policy trained on its own samples, scored by a reward, kept near its frozen reference.
 
-    Args (beside ``PolicyModule``'s and ``AlignmentModule``'s):
-        reward_model: A frozen reward model scoring each completion at its EOS: an hhalign reward-model export
-            or ``.ckpt``, or any ``AutoModelForSequenceClassification`` folder with one output; it must share
-            the policy's tokenizer.
-        reward_functions: Rule-based rewards, each ``module:function(prompts, completions) -> rewards`` over text.
-        reward_weights: One weight per reward term, the reward model's first (default all 1).
-        missing_eos_penalty: Subtracted from the reward of a completion that hit ``max_completion_length``
-            without its EOS.
-        num_generations: Completions sampled per prompt (K).
-        max_completion_length: New tokens at most per completion.
-        temperature: Sampling temperature; the log-probs are of the distribution sampled from.
-        top_p: Nucleus sampling (1: the model's own distribution).
-        beta: Weight of the KL to the reference; 0 loads no reference.
-        generation_batch_size: Sequences generated at once.
-        sampling_seed: Seeds every draw, with the step, the rank and (in validation) the batch.
-        log_samples_every_n_steps: Append a few prompts' completions and rewards to ``samples.jsonl`` in the run
-            directory this often (0: never).
+    Args (beside ``SamplingModule``'s, ``PolicyModule``'s and ``AlignmentModule``'s):
+        num_iterations: Passes over each rollout (TRL's name; PPO's epochs); from the second on, the ratio to the
+            sampling policy is clipped.
+        num_minibatches: Optimizer steps per pass, each on a share of the rollout's prompts (all K samples of each).
+        max_grad_norm: Clip each optimizer step's gradient to this global norm (TRL clips at 1.0); None: never.
+            (Lightning's ``--trainer.gradient_clip_val`` does not apply: an online step steps by hand.)
     """
-
-    examples = "prompts"
-    monitor = ("val/reward", "max")
-    plot_panels = ("loss", "reward", "kl_k1", "completion_length", "eos_share", "entropy")
-    progress_metrics = ("loss", "reward")
-    training_metrics: tuple[str, ...] = ()
-    """What the objective's loss adds to the shared online metrics."""
 
     def __init__(
         self,
         model_name_or_path: str,
         ref_model_name_or_path: str | None = None,
-        reward_model: str | None = None,
-        reward_functions: list[str] | None = None,
-        reward_weights: list[float] | None = None,
-        missing_eos_penalty: float | None = None,
-        num_generations: PositiveInt = 4,  # type: ignore[assignment]
-        max_completion_length: PositiveInt = 64,  # type: ignore[assignment]
-        temperature: PositiveFloat = 1.0,  # type: ignore[assignment]
-        top_p: PositiveFloat = 1.0,  # type: ignore[assignment]
-        beta: NonNegativeFloat = 0.05,  # type: ignore[assignment]
-        generation_batch_size: PositiveInt = 32,  # type: ignore[assignment]
-        sampling_seed: int = 0,
-        log_samples_every_n_steps: NonNegativeInt = 10,  # type: ignore[assignment]
+        num_iterations: PositiveInt = 1,  # type: ignore[assignment]
+        num_minibatches: PositiveInt = 1,  # type: ignore[assignment]
+        max_grad_norm: PositiveFloat | None = 1.0,
         **kwargs: Any,
     ) -> None:
-        self.reward_terms = [load_reward_function(name) for name in reward_functions or []]  # typos fail here
-        if reward_model is None and not self.reward_terms:
-            Rewards(None)  # the one message for a missing reward
-        n_terms = (reward_model is not None) + len(self.reward_terms)
-        if reward_weights is not None and len(reward_weights) != n_terms:
-            raise ConfigError(
-                f"--model.reward_weights has {len(reward_weights)} weights for {n_terms} reward terms; give one "
-                "weight per term, the reward model's first"
-            )
-        self.check_options(num_generations)
         super().__init__(model_name_or_path, ref_model_name_or_path, **kwargs)
-        self.rewards: Rewards | None = None  # loaded with the models, kept out of the module tree and checkpoints
-        self.tokenizer: Any = None
-        self._step_started = 0.0
-        self._rollout: Rollout | None = None
-        self._rollout_start = -1
-        self._saved_rollout: dict[str, Any] | None = None
-        self.last_rollout_seconds: dict[str, float] = {}
-        """Sampling and scoring seconds of the last training step's rollout (read by the benchmark too)."""
-
-    def check_options(self, num_generations: int) -> None:
-        """Refuse settings the objective cannot use, before any model loads."""
-
-    def metric_names(self) -> tuple[str, ...]:
-        n = ["model"] if self.hparams.get("reward_model") else []
-        terms = tuple(f"reward_{name}" for name in n + [f.name.rpartition(":")[2] for f in self.reward_terms])
-        shared = ("reward", "reward_std", *terms, "kl_k1", "kl_k3", "entropy", "completion_length", "eos_share")
-        return ("loss", *shared, "sampling_seconds", "scoring_seconds", *self.training_metrics)
-
-    def needs_reference(self) -> bool:
-        return self.hparams.beta > 0
-
-    def count_flops(self, batch: Any) -> None:
-        """Not counted: a step's time is mostly sampling, which the 6·N rule does not describe."""
-
-    @property
-    def sampling(self) -> Sampling:
-        hp = self.hparams
-        return Sampling(hp.max_completion_length, hp.temperature, hp.top_p)
-
-    def configure_model(self) -> None:
-        if self.policy is not None:
-            return
-        super().configure_model()
-        hp = self.hparams
-        self.tokenizer = load_tokenizer(hp.model_name_or_path, hp.trust_remote_code)
-        model = None
-        if hp.reward_model is not None:
-            check_same_tokenizer(hp.reward_model, self.tokenizer)
-            model = RewardModel.load(hp.reward_model, **self.load_kwargs())
-        self.rewards = Rewards(model, self.reward_terms, hp.reward_weights, hp.missing_eos_penalty)
+        self.automatic_optimization = False  # a step is a rollout and the optimizer steps taken on it
 
     @classmethod
-    def sharding_refusal(cls, init_args: dict[str, Any], stage: str = "fit") -> str | None:
-        return (
-            "the online objectives sample with generate(), which needs the whole policy on each process; "
-            "use --trainer.strategy ddp (FSDP is for the offline objectives)"
-        )
+    def trainer_refusal(cls, trainer: Any) -> str | None:
+        """Trainer options an online step cannot honour (it steps the optimizer by hand), asked before anything
+        loads; Lightning would refuse them later in its own words."""
+        if (accumulate := trainer.get("accumulate_grad_batches") or 1) != 1:
+            return (
+                f"--trainer.accumulate_grad_batches {accumulate}: an online step is one rollout and the optimizer "
+                "steps taken on it; for a larger step sample more prompts (--data.batch_size), for several steps "
+                "on one rollout set --model.num_minibatches"
+            )
+        if trainer.get("gradient_clip_val"):
+            return (
+                f"--trainer.gradient_clip_val {trainer.get('gradient_clip_val')}: the online objectives clip each "
+                "optimizer step themselves; set --model.max_grad_norm instead"
+            )
+        return None
 
-    def on_fit_start(self) -> None:
-        super().on_fit_start()
-        self._rewards_to_device()
+    @property
+    def updates_per_rollout(self) -> int:
+        return self.hparams.num_iterations * self.hparams.num_minibatches
 
-    def on_validation_start(self) -> None:
-        self._rewards_to_device()
-
-    def _rewards_to_device(self) -> None:
-        if self.rewards is not None and self.rewards.model is not None:
-            self.rewards.model.to(self.device)
-
-    # the draws ---------------------------------------------------------------------------------------------
-    def draw_seed(self, index: int, validation: bool = False) -> int:
-        """The seed of one draw: the training step (or validation batch), the rank and ``sampling_seed``."""
-        rank = self.global_rank if self._trainer is not None else 0
-        base = self.hparams.sampling_seed * 1_000_003 + (VALIDATION_SEED_OFFSET if validation else 0)
-        return (base + index) * 1009 + rank
-
-    def decode(self, ids: list[int]) -> str:
-        return self.tokenizer.decode(ids, skip_special_tokens=True)
-
-    def rollout(self, prompts: list[list[int]], k: int, seed: int) -> Rollout:
-        """Sample K completions of each prompt from the policy and score them."""
-        started = time.perf_counter()
-        tokenizer, policy = self.tokenizer, self.trainable_module()
-        stop_id = tokenizer.eos_token_id
-        groups = sample_groups(
-            policy, prompts, k, self.sampling, stop_id, tokenizer.pad_token_id, seed, self.hparams.generation_batch_size
-        )
-        sampled = time.perf_counter()
-        assert self.rewards is not None
-        rewards, terms = self.rewards.score(prompts, groups, stop_id, self.decode)
-        scored = time.perf_counter()
-        batch = collate_groups(prompts, [[c.tokens for c in g] for g in groups], tokenizer.pad_token_id)
-        finished = torch.tensor([[c.finished for c in g] for g in groups])
-        seconds = {"sampling": sampled - started, "scoring": scored - sampled}
-        device = self.device
-        return Rollout(prompts, groups, batch.to(device), rewards.to(device), terms, finished.to(device), seconds)
-
-    def token_logps(self, model: Any, batch: GroupBatch, temperature: float = 1.0) -> tuple[Tensor, Tensor]:
-        """Per-token log-probs ``(N, T)`` of every completion of a group batch, and the ``(N, T)`` mask of real
-        tokens; all K completions of a prompt in one row behind one copy of it."""
-        states = response_states(model, model_inputs(model, batch, self.hparams.shared_prompt))
-        values = states.token_logps(temperature)
-        return tokens_by_sequence(values, states.scored.sequences, states.scored.n_sequences)
-
-    def reference_token_logps(self, batch: GroupBatch, temperature: float = 1.0) -> Tensor | None:
-        with torch.no_grad(), self.reference() as ref:
-            return None if ref is None else self.token_logps(ref, batch, temperature)[0]
-
-    def shared_metrics(
-        self, rollout: Rollout, logps: Tensor, ref_logps: Tensor | None, mask: Tensor
-    ) -> dict[str, tuple[Tensor, Tensor | None]]:
-        """What every online step and validation reports: reward (each term), KL (k1 and k3, summed over a
-        completion), the sampled tokens' entropy (mean −log π), lengths, and the share that ended with EOS."""
-        logps = logps.detach()
-        metrics: dict[str, tuple[Tensor, Tensor | None]] = {
-            "reward": (rollout.rewards.flatten(), None),
-            "reward_std": (rollout.rewards.flatten().std(correction=0)[None], None),
-            "entropy": (-logps[mask], None),
-            "completion_length": (mask.sum(1).float(), None),
-            "eos_share": (rollout.finished.flatten().float(), None),
-        }
-        for name, values in rollout.terms.items():
-            metrics[f"reward_{name}"] = (values.flatten().to(logps.device), None)
-        if ref_logps is not None:
-            real = mask.float()
-            metrics["kl_k1"] = ((k1(logps, ref_logps) * real).sum(1), None)
-            metrics["kl_k3"] = ((k3(logps, ref_logps) * real).sum(1), None)
-        return metrics
+    def scheduled_steps(self) -> int:
+        rollouts = self.trainer.estimated_stepping_batches
+        steps = rollouts * self.updates_per_rollout
+        return int(min(steps, self.trainer.max_steps) if self.trainer.max_steps > 0 else steps)
 
     # the steps ---------------------------------------------------------------------------------------------
-    @property
-    def iterations_per_rollout(self) -> int:
-        """Optimizer steps taken on each sampled batch (the objective's ``num_iterations``; 1 unless it has one)."""
-        return int(self.hparams.get("num_iterations", 1))
+    def forwards(self, batch: GroupBatch) -> Forwards:
+        """The trained models over a batch of samples (with grad where enabled): the policy's log-probs at the
+        sampling temperature, and the mask of real completion tokens."""
+        logps, mask = self.token_logps(self.trainable_module(), batch, self.hparams.temperature)
+        return {"logps": logps, "mask": mask}
 
-    def step_outputs(self, batch: PromptBatch) -> StepOutputs:
-        if not self.training:
-            return self.evaluation_outputs(batch)
-        step = self.trainer.global_step if self._trainer is not None else 0
-        start = step - step % self.iterations_per_rollout
-        if self._saved_rollout is not None:  # resumed between the steps on one batch of samples
-            self._rollout, self._rollout_start = rollout_from_state(
-                self._saved_rollout, self.tokenizer.pad_token_id, self.device
-            )
-            self._saved_rollout = None
-        if self._rollout is not None and self._rollout_start == start:  # a later step on the same samples
-            out = self.rollout_outputs(self._rollout)
-            for name in ("sampling", "scoring"):
-                out.metrics[f"{name}_seconds"] = (torch.zeros(1), None)
-            self.last_rollout_seconds = {"sampling": 0.0, "scoring": 0.0}
-            return out
-        rollout = self.rollout(batch.prompts, self.hparams.num_generations, self.draw_seed(step))
-        self.last_rollout_seconds = dict(rollout.seconds)
-        out = self.rollout_outputs(rollout)
-        if self.iterations_per_rollout > 1:
-            self._rollout, self._rollout_start = rollout, start
-        out.metrics["sampling_seconds"] = (torch.tensor([rollout.seconds["sampling"]]), None)
-        out.metrics["scoring_seconds"] = (torch.tensor([rollout.seconds["scoring"]]), None)
-        self._log_samples(rollout, step)
-        return out
-
-    def rollout_outputs(self, rollout: Rollout) -> StepOutputs:
-        """The objective's loss on scored samples."""
+    def prepare(self, rollout: Rollout, sampled: Forwards) -> tuple[Prepared, Metrics]:
+        """What stays fixed over a rollout's optimizer steps, from the models as they sampled (``sampled``,
+        detached), and the rollout's own metrics."""
         raise NotImplementedError
 
-    def evaluation_outputs(self, batch: PromptBatch) -> StepOutputs:
-        """One sample of each held-out prompt, at the training temperature, from seeds that repeat at every
-        validation: its reward, KL to the reference, entropy and length; no gradient, no loss."""
-        index = getattr(self, "_validation_batch", 0)
-        self._validation_batch = index + 1
-        rollout = self.rollout(batch.prompts, 1, self.draw_seed(index, validation=True))
-        with torch.no_grad():
-            logps, mask = self.token_logps(self.trainable_module(), rollout.batch, self.hparams.temperature)
-        ref_logps = self.reference_token_logps(rollout.batch, self.hparams.temperature)
-        metrics = self.shared_metrics(rollout, logps, ref_logps, mask)
-        return StepOutputs(-rollout.rewards.mean(), metrics, len(batch.prompts))
+    def update_outputs(self, rollout: Rollout, prepared: Prepared, current: Forwards) -> StepOutputs:
+        """The loss of one optimizer step on (a minibatch of) the rollout, and what it reports."""
+        raise NotImplementedError
 
-    def on_validation_epoch_start(self) -> None:
-        self._validation_batch = 0
+    def training_step(self, batch: PromptBatch, batch_idx: int) -> None:
+        hp, step = self.hparams, self.trainer.global_step
+        if len(batch.prompts) < hp.num_minibatches:
+            raise ConfigError(
+                f"--model.num_minibatches {hp.num_minibatches}: this rollout has {len(batch.prompts)} prompts; "
+                "sample at least one prompt per minibatch (--data.batch_size)"
+            )
+        seed = self.draw_seed(step)
+        rollout = self.rollout(batch.prompts, hp.num_generations, seed)
+        self.last_rollout_seconds = dict(rollout.seconds)
+        self._log_samples(rollout, step)
+        outputs = []
+        if self.updates_per_rollout == 1:  # the sampling policy is the trained one: one forward serves both
+            current = self.forwards(rollout.batch)
+            with torch.no_grad():
+                prepared, metrics = self.prepare(rollout, {k: v.detach() for k, v in current.items()})
+            outputs.append(self._update(self.update_outputs(rollout, prepared, current)))
+        else:
+            with torch.no_grad():
+                prepared, metrics = self.prepare(rollout, self.forwards(rollout.batch))
+            k = hp.num_generations
+            for rows in minibatch_rows(rollout.shape[0], hp.num_iterations, hp.num_minibatches, seed):
+                part = rollout.select(rows, self.tokenizer.pad_token_id)
+                current = self.forwards(part.batch)
+                kept = select_prepared(prepared, rows, k, current["mask"].shape[1])
+                outputs.append(self._update(self.update_outputs(part, kept, current)))
+        for name in ("sampling", "scoring"):
+            metrics[f"{name}_seconds"] = (torch.tensor([rollout.seconds[name]]), None)
+        for name in dict.fromkeys(name for out in outputs for name in out.metrics):  # over the rollout's steps
+            values = [out.metrics[name][0].detach().float().flatten() for out in outputs if name in out.metrics]
+            metrics[name] = (torch.cat(values), None)
+        self.log_training_metrics(StepOutputs(outputs[-1].loss, metrics, rollout.shape[0]))
+        self.log("train/skipped_batches", float(self.skipped_batches), on_step=True, on_epoch=False)
 
-    def on_test_epoch_start(self) -> None:
-        self._validation_batch = 0
+    def _update(self, out: StepOutputs) -> StepOutputs:
+        """One optimizer step on ``out.loss``: backward, the gradient's norm checked and clipped (in
+        ``on_before_optimizer_step``), the step and the learning-rate schedule's. A non-finite loss stops the
+        run or, with ``on_nonfinite skip``, steps on no gradient (every process agrees which)."""
+        optimizer, schedule = self.optimizers(), self.lr_schedulers()
+        optimizer.zero_grad(set_to_none=True)
+        if self._finite_or_skip(out.loss, "loss"):
+            self.manual_backward(out.loss)
+        optimizer.step()
+        schedule.step()  # type: ignore[union-attr]
+        return out
 
-    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        super().on_save_checkpoint(checkpoint)  # between the steps on one batch of samples, keep every rank's
-        if self.iterations_per_rollout > 1 and self._rollout is not None:
-            state = rollout_state(self._rollout, self._rollout_start)
-            checkpoint[ROLLOUT_KEY] = gather_states(state, self.trainer.world_size)
+    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+        super().on_before_optimizer_step(optimizer)  # the norm before clipping, logged; a non-finite one dropped
+        if self.hparams.max_grad_norm is not None:
+            torch.nn.utils.clip_grad_norm_(self.trainable_module().parameters(), self.hparams.max_grad_norm)
 
-    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        super().on_load_checkpoint(checkpoint)
-        if checkpoint.get(ROLLOUT_KEY) is not None and self._trainer is not None:
-            self._saved_rollout = own_state(checkpoint[ROLLOUT_KEY], self.trainer.world_size, self.global_rank)
+    def tokens_per_process(self, mask: Tensor) -> Tensor:
+        """The real tokens of every process's share of this optimizer step, over the process count."""
+        total, processes = sum_over_processes(mask.float().sum())
+        return total / processes
 
-    def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
-        self._step_started = time.perf_counter()
-
-    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
-        super().on_train_batch_end(outputs, batch, batch_idx)
-        seconds = time.perf_counter() - self._step_started
-        if seconds > 0:
-            sampling = self.last_rollout_seconds.get("sampling", 0.0)
-            self.log("train/sampling_share", sampling / seconds, on_step=True, on_epoch=False)
-
-    def _log_samples(self, rollout: Rollout, step: int) -> None:
-        every, trainer = self.hparams.log_samples_every_n_steps, self._trainer
-        if every and not step % every and trainer is not None:
-            write_samples(trainer, sample_rows(rollout, self.decode, step))
+    def summed(self, value: Tensor) -> Tensor:
+        """``value`` summed over every process (the global batch's statistics)."""
+        return sum_over_processes(value)[0]

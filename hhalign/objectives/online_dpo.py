@@ -7,11 +7,13 @@ from typing import Any
 import torch
 from jsonargparse.typing import PositiveFloat
 
+from hhalign.data.batches import GroupBatch
 from hhalign.errors import ConfigError
 from hhalign.losses.preference import LossOptions, LossType, PairLogps, as_list, check_preference_options
 from hhalign.losses.preference import preference_losses as table_losses
-from hhalign.objectives.online import OnlineModule, Rollout
+from hhalign.objectives.online import Forwards, Metrics, OnlineModule, Rollout
 from hhalign.objectives.outputs import StepOutputs
+from hhalign.objectives.rollouts import Prepared
 
 __all__ = ["OnlineDPOModule"]
 
@@ -25,7 +27,9 @@ class OnlineDPOModule(OnlineModule):
         loss_type, loss_weights, label_smoothing, discopop_tau, simpo_gamma: as for ``DPOModule``.
 
     The log-probs are the policy's own (temperature 1), as DPO's implicit reward is defined; the samples are
-    drawn at ``temperature``.
+    drawn at ``temperature``. Its defaults are TRL's ``OnlineDPOTrainer``'s: β 0.1, ``sigmoid``, temperature
+    0.9, 64 new tokens, the higher-scored sample chosen (TRL takes the first on a tie; here a tie teaches
+    nothing and is dropped), gradients clipped at 1.0.
     """
 
     training_metrics = ("reward_accuracy", "reward_margin", "tie_share", "reward_gap")
@@ -42,13 +46,14 @@ class OnlineDPOModule(OnlineModule):
         discopop_tau: float = 0.05,
         simpo_gamma: float = 0.5,
         num_generations: int = 2,
+        temperature: PositiveFloat = 0.9,  # type: ignore[assignment]
         **kwargs: Any,
     ) -> None:
         check_preference_options(beta, loss_type, loss_weights, label_smoothing)
         if "bco_pair" in as_list(loss_type):
             raise ConfigError("loss_type bco_pair keeps a running mean over a fixed dataset; it is offline only")
         super().__init__(model_name_or_path, ref_model_name_or_path, beta=beta, num_generations=num_generations,
-                         **kwargs)  # fmt: skip
+                         temperature=temperature, **kwargs)  # fmt: skip
 
     def check_options(self, num_generations: int) -> None:
         if num_generations != 2:
@@ -59,12 +64,21 @@ class OnlineDPOModule(OnlineModule):
 
         return needs_reference(as_list(self.hparams.loss_type))
 
-    def rollout_outputs(self, rollout: Rollout) -> StepOutputs:
-        hp = self.hparams
-        logps, mask = self.token_logps(self.trainable_module(), rollout.batch)
+    def prepare(self, rollout: Rollout, sampled: Forwards) -> tuple[Prepared, Metrics]:
+        logps, mask = sampled["logps"], sampled["mask"]
         ref_logps = self.reference_token_logps(rollout.batch)
-        real = mask.float()
-        sums, counts = (logps * real).sum(1).view(-1, 2), mask.sum(1).view(-1, 2)
+        prepared = {} if ref_logps is None else {"ref_sums": (ref_logps * mask.float()).sum(1)}
+        return prepared, self.shared_metrics(rollout, logps, ref_logps, mask)
+
+    def forwards(self, batch: GroupBatch) -> Forwards:
+        """The policy's own log-probs (temperature 1), as DPO's implicit reward is defined."""
+        logps, mask = self.token_logps(self.trainable_module(), batch)
+        return {"logps": logps, "mask": mask}
+
+    def update_outputs(self, rollout: Rollout, prepared: Prepared, current: Forwards) -> StepOutputs:
+        hp = self.hparams
+        logps, mask = current["logps"], current["mask"]
+        sums, counts = (logps * mask.float()).sum(1).view(-1, 2), mask.sum(1).view(-1, 2)
         rewards = rollout.rewards
         first_wins = rewards[:, 0] > rewards[:, 1]
         untied = rewards[:, 0] != rewards[:, 1]
@@ -74,7 +88,7 @@ class OnlineDPOModule(OnlineModule):
         def pick(values: torch.Tensor, column: torch.Tensor) -> torch.Tensor:
             return values[rows, column][untied]
 
-        ref_sums = None if ref_logps is None else (ref_logps * real).sum(1).view(-1, 2)
+        ref_sums = prepared["ref_sums"].view(-1, 2) if "ref_sums" in prepared else None
         x = PairLogps(
             pick(sums, chosen_col),
             pick(sums, 1 - chosen_col),
@@ -87,9 +101,7 @@ class OnlineDPOModule(OnlineModule):
         losses, chosen_rewards, rejected_rewards = table_losses(x, options, hp.loss_type, hp.loss_weights)
         # all pairs tied: a zero loss that still reaches every trained weight (DDP expects a gradient everywhere)
         loss = losses.mean() if len(losses) else logps.sum() * 0.0
-        metrics = self.shared_metrics(rollout, logps, ref_logps, mask)
-        metrics["loss"] = (loss.detach()[None], None)
-        metrics["tie_share"] = ((~untied).float(), None)
+        metrics = {"loss": (loss.detach()[None], None), "tie_share": ((~untied).float(), None)}
         if len(losses):
             metrics["reward_accuracy"] = ((chosen_rewards > rejected_rewards).float(), None)
             metrics["reward_margin"] = (chosen_rewards - rejected_rewards, None)

@@ -10,17 +10,20 @@ from jsonargparse.typing import NonNegativeFloat, PositiveInt
 from hhalign.errors import ConfigError
 from hhalign.losses.policy_gradient import (
     AdvantageType,
-    TokenReduction,
+    LossType,
     advantages,
     clipped_surrogate,
     k1,
     k3,
     penalized_rewards,
     reduce_token_losses,
+    sequence_surrogate,
+    whiten,
     zero_advantage_share,
 )
-from hhalign.objectives.online import OnlineModule, Rollout
+from hhalign.objectives.online import Forwards, Metrics, OnlineModule, Rollout
 from hhalign.objectives.outputs import StepOutputs
+from hhalign.objectives.rollouts import Prepared
 
 __all__ = ["GRPOModule", "RLOOModule"]
 KLPlacement = Literal["reward", "loss"]
@@ -30,19 +33,22 @@ class RLOOModule(OnlineModule):
     """REINFORCE with the leave-one-out baseline over K samples of each prompt (Ahmadian et al. 2024), and,
     through ``advantage``, GRPO's group-normalized advantage (Shao et al. 2024) or Dr. GRPO's (Liu et al. 2025).
 
+    Its defaults are TRL's ``RLOOTrainer``'s: K = 2, β 0.05 with the KL as ``β·Σ_t k1`` in the reward, one ratio
+    per completion (``loss_type sequence``) averaged over completions, ε 0.2, no advantage whitening, gradients
+    clipped at 1.0. Where it differs: ``max_completion_length`` 64 (TRL 256), sized for a CPU.
+
     Args (beside ``OnlineModule``'s):
         advantage: ``rloo`` (leave-one-out), ``grpo`` (group mean and std), ``dr_grpo`` (group mean only).
         kl_in: ``reward``: ``β·Σ_t k1`` subtracted from each completion's reward before the advantage (TRL's
             RLOO, OpenRLHF, AReaL); ``loss``: ``β·k3`` per token added to the loss (TRL's GRPO).
-        loss_type: How token losses become one number: ``grpo`` (mean over completions of their token means),
-            ``bnpo`` (mean over all tokens), ``dr_grpo`` (sum over tokens / (completions × max_completion_length):
-            REINFORCE's sequence sum up to a constant).
+        loss_type: ``sequence``: one ratio per completion, the mean over completions (TRL's RLOO); or per-token
+            ratios reduced as ``grpo`` (the mean of each completion's token mean), ``bnpo`` (the mean over this
+            process's tokens), ``dapo`` (over the global batch's tokens: TRL's GRPO default), ``dr_grpo`` (the
+            token sum over completions × ``max_completion_length``).
         epsilon: The clipped ratio's lower ε; ``epsilon_high`` its upper (default ``epsilon``). With one optimizer
-            step per sampled batch the ratio is 1 and nothing clips (``clip_fraction`` 0).
-        num_iterations: Optimizer steps on each sampled batch (TRL's name). From the second on, the ratio to the
-            sampling policy is clipped; the advantages and the reference's log-probs are those of the first.
-            Training steps that reuse samples leave their own batch of prompts unused (an epoch over the prompts
-            then takes ``num_iterations`` times the steps but samples from a ``1/num_iterations`` share of them).
+            step per rollout the ratio is 1 and nothing clips (``clip_fraction`` 0).
+        whiten_advantages: Whiten the advantages over the global batch (OpenRLHF's REINFORCE and GAE; with
+            ``advantage dr_grpo`` this is REINFORCE++-baseline).
 
     The log-probs are recomputed at the sampling temperature (the distribution the samples came from).
     """
@@ -55,22 +61,14 @@ class RLOOModule(OnlineModule):
         ref_model_name_or_path: str | None = None,
         advantage: AdvantageType = "rloo",
         kl_in: KLPlacement = "reward",
-        loss_type: TokenReduction = "dr_grpo",
+        loss_type: LossType = "sequence",
         epsilon: NonNegativeFloat = 0.2,  # type: ignore[assignment]
         epsilon_high: NonNegativeFloat | None = None,
-        num_iterations: PositiveInt = 1,  # type: ignore[assignment]
+        whiten_advantages: bool = False,
+        num_generations: PositiveInt = 2,  # type: ignore[assignment]
         **kwargs: Any,
     ) -> None:
-        super().__init__(model_name_or_path, ref_model_name_or_path, **kwargs)
-
-    def setup(self, stage: str) -> None:
-        super().setup(stage)
-        if self.hparams.num_iterations > 1 and self.trainer.accumulate_grad_batches > 1:
-            raise ConfigError(
-                f"--model.num_iterations {self.hparams.num_iterations} with --trainer.accumulate_grad_batches "
-                f"{self.trainer.accumulate_grad_batches}: samples are reused per optimizer step, so accumulate by "
-                "sampling more prompts a step (--data.batch_size) instead"
-            )
+        super().__init__(model_name_or_path, ref_model_name_or_path, num_generations=num_generations, **kwargs)
 
     def check_options(self, num_generations: int) -> None:
         if num_generations < 2:
@@ -79,37 +77,54 @@ class RLOOModule(OnlineModule):
                 "(the baseline is the others' reward); set it to 2 or more (4 is usual)"
             )
 
-    def rollout_outputs(self, rollout: Rollout) -> StepOutputs:
+    def prepare(self, rollout: Rollout, sampled: Forwards) -> tuple[Prepared, Metrics]:
         hp = self.hparams
-        logps, mask = self.token_logps(self.trainable_module(), rollout.batch, hp.temperature)
-        if not rollout.kept:  # the first step on these samples: the sampling policy's numbers, kept for the rest
-            ref_logps = self.reference_token_logps(rollout.batch, hp.temperature) if hp.beta > 0 else None
-            rewards = rollout.rewards
-            if ref_logps is not None and hp.kl_in == "reward":
-                sequence_k1 = (k1(logps.detach(), ref_logps) * mask.float()).sum(1)
-                rewards = penalized_rewards(rewards, sequence_k1.view_as(rewards), hp.beta)
-            rollout.kept = {"old_logps": logps.detach(), "advantage": advantages(rewards, hp.advantage)}
-            if ref_logps is not None:
-                rollout.kept["ref_logps"] = ref_logps
-        old_logps, advantage = rollout.kept["old_logps"], rollout.kept["advantage"]
-        ref_logps = rollout.kept.get("ref_logps")
-        epsilon_high = hp.epsilon if hp.epsilon_high is None else hp.epsilon_high
-        surrogate = clipped_surrogate(logps, old_logps, advantage.reshape(-1, 1), mask, hp.epsilon, epsilon_high)
-        token_losses = surrogate.token_losses
-        if ref_logps is not None and hp.kl_in == "loss":
-            token_losses = token_losses + hp.beta * k3(logps, ref_logps)
-        loss = reduce_token_losses(token_losses, mask, hp.loss_type, hp.max_completion_length)
+        logps, mask = sampled["logps"], sampled["mask"]
+        ref_logps = self.reference_token_logps(rollout.batch, hp.temperature) if hp.beta > 0 else None
+        rewards = rollout.rewards
+        if ref_logps is not None and hp.kl_in == "reward":
+            sequence_k1 = (k1(logps, ref_logps) * mask.float()).sum(1)
+            rewards = penalized_rewards(rewards, sequence_k1.view_as(rewards), hp.beta)
+        advantage = advantages(rewards, hp.advantage).flatten()
+        if hp.whiten_advantages:
+            advantage = whiten(advantage, total=self.summed)
+        prepared = {"old_logps": logps, "advantage": advantage}
+        if ref_logps is not None:
+            prepared["ref_logps"] = ref_logps
         metrics = self.shared_metrics(rollout, logps, ref_logps, mask)
-        metrics["loss"] = (loss.detach()[None], None)
-        metrics["advantage_std"] = (advantage.flatten().std(correction=0)[None], None)
-        metrics["zero_advantage_share"] = (zero_advantage_share(rollout.rewards)[None], None)
-        metrics["clip_fraction"] = (surrogate.clip_fraction.detach()[None], None)
+        metrics["advantage_std"] = (advantage.std(correction=0)[None], None)
+        metrics["zero_advantage_share"] = (zero_advantage_share(rewards)[None], None)  # the rewards it reads
+        return prepared, metrics
+
+    def update_outputs(self, rollout: Rollout, prepared: Prepared, current: Forwards) -> StepOutputs:
+        hp = self.hparams
+        logps, mask = current["logps"], current["mask"]
+        old_logps, advantage, ref_logps = prepared["old_logps"], prepared["advantage"], prepared.get("ref_logps")
+        epsilon_high = hp.epsilon if hp.epsilon_high is None else hp.epsilon_high
+        kl_loss = ref_logps is not None and hp.kl_in == "loss"
+        if hp.loss_type == "sequence":
+            surrogate = sequence_surrogate(logps, old_logps, advantage, mask, hp.epsilon, epsilon_high)
+            losses = surrogate.token_losses
+            if kl_loss:
+                losses = losses + hp.beta * (k3(logps, ref_logps) * mask.float()).sum(1)
+            loss = losses.mean()
+        else:
+            surrogate = clipped_surrogate(logps, old_logps, advantage.reshape(-1, 1), mask, hp.epsilon, epsilon_high)
+            token_losses = surrogate.token_losses
+            if kl_loss:
+                token_losses = token_losses + hp.beta * k3(logps, ref_logps)
+            per_process = self.tokens_per_process(mask) if hp.loss_type == "dapo" else None
+            loss = reduce_token_losses(token_losses, mask, hp.loss_type, hp.max_completion_length, per_process)
+        metrics = {"loss": (loss.detach()[None], None), "clip_fraction": (surrogate.clip_fraction.detach()[None], None)}
         return StepOutputs(loss, metrics, rollout.shape[0])
 
 
 class GRPOModule(RLOOModule):
-    """GRPO as TRL's ``GRPOTrainer`` runs it by default: group-normalized advantages, the KL as ``β·k3`` per
-    token in the loss, each completion's token mean averaged. Every option of ``RLOOModule`` applies."""
+    """GRPO with TRL's ``GRPOTrainer``'s defaults: K = 8, group-normalized advantages (the unbiased std), β 0
+    (no reference loaded; with β > 0 the KL is ``β·k3`` per token in the loss), per-token ratios with the
+    ``dapo`` reduction (every token of the global batch weighs the same), ε 0.2, gradients clipped at 1.0.
+    Where it differs: ``max_completion_length`` 64 (TRL 512), sized for a CPU. Every option of
+    ``RLOOModule`` applies."""
 
     def __init__(
         self,
@@ -117,11 +132,18 @@ class GRPOModule(RLOOModule):
         ref_model_name_or_path: str | None = None,
         advantage: AdvantageType = "grpo",
         kl_in: KLPlacement = "loss",
-        loss_type: TokenReduction = "grpo",
-        epsilon: NonNegativeFloat = 0.2,  # type: ignore[assignment]
-        epsilon_high: NonNegativeFloat | None = None,
-        num_iterations: PositiveInt = 1,  # type: ignore[assignment]
+        loss_type: LossType = "dapo",
+        num_generations: PositiveInt = 8,  # type: ignore[assignment]
+        beta: NonNegativeFloat = 0.0,  # type: ignore[assignment]
         **kwargs: Any,
     ) -> None:
-        super().__init__(model_name_or_path, ref_model_name_or_path, advantage, kl_in, loss_type, epsilon,
-                         epsilon_high, num_iterations, **kwargs)  # fmt: skip
+        super().__init__(
+            model_name_or_path,
+            ref_model_name_or_path,
+            advantage=advantage,
+            kl_in=kl_in,
+            loss_type=loss_type,
+            num_generations=num_generations,
+            beta=beta,
+            **kwargs,
+        )

@@ -1,21 +1,25 @@
-"""The scored samples an online step trains on, and their form in a checkpoint: a run that takes several
-optimizer steps on one batch of samples (``num_iterations``) and is stopped between them resumes on the same
-samples, not on new ones drawn by a policy that has moved."""
+"""The scored samples an online step trains on, and the minibatches its optimizer steps take of them.
+
+One training step is one rollout: sample and score once, then ``num_iterations`` passes over the samples, each
+in ``num_minibatches`` optimizer steps (as OpenRLHF, verl and TRL's ``steps_per_generation`` do). A checkpoint
+therefore always falls between rollouts and holds no samples: a resumed run draws the next rollout afresh, from
+the seed of its step.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Any
+from collections.abc import Iterator
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
 from hhalign.data.batches import GroupBatch, collate_groups
-from hhalign.errors import ConfigError
 from hhalign.models.generation import Completion
 
-ROLLOUT_KEY = "hhalign_online_rollouts"
-"""Where a checkpoint keeps the samples of each rank that later optimizer steps will reuse."""
+Prepared = dict[str, Tensor]
+"""What an objective computes once per rollout, before its optimizer steps (the sampling policy's log-probs,
+the reference's, advantages): every tensor has one row per completion; a 2-D one is per token, ``(N, T)``."""
 
 
 @dataclass
@@ -31,56 +35,40 @@ class Rollout:
     terms: dict[str, Tensor]
     finished: Tensor
     seconds: dict[str, float]
-    kept: dict[str, Tensor] = field(default_factory=dict)
-    """What the objective keeps of its first step on these samples for the next ones (``iterations_per_rollout``)."""
 
     @property
     def shape(self) -> tuple[int, int]:
         return tuple(self.rewards.shape)  # type: ignore[return-value]
 
-
-def rollout_state(rollout: Rollout, start_step: int) -> dict[str, Any]:
-    """Plain lists and CPU tensors (what ``torch.load(weights_only=True)`` reads back)."""
-    return {
-        "start_step": start_step,
-        "prompts": rollout.prompts,
-        "tokens": [[c.tokens for c in group] for group in rollout.completions],
-        "finished": rollout.finished.cpu(),
-        "rewards": rollout.rewards.cpu(),
-        "terms": {name: value.cpu() for name, value in rollout.terms.items()},
-        "kept": {name: value.cpu() for name, value in rollout.kept.items()},
-    }
-
-
-def rollout_from_state(state: dict[str, Any], pad_token_id: int, device: torch.device) -> tuple[Rollout, int]:
-    """The rollout ``rollout_state`` saved, on ``device``, and the step that sampled it."""
-    finished = state["finished"]
-    completions = [
-        [Completion(tokens, bool(done)) for tokens, done in zip(group, row, strict=True)]
-        for group, row in zip(state["tokens"], finished.tolist(), strict=True)
-    ]
-    batch = collate_groups(state["prompts"], state["tokens"], pad_token_id).to(device)
-    rollout = Rollout(
-        state["prompts"], completions, batch, state["rewards"].to(device), dict(state["terms"]),
-        finished.to(device), {"sampling": 0.0, "scoring": 0.0}, {k: v.to(device) for k, v in state["kept"].items()},
-    )  # fmt: skip
-    return rollout, int(state["start_step"])
-
-
-def gather_states(state: dict[str, Any], world: int) -> list[dict[str, Any]]:
-    """Every rank's saved rollout, in rank order. Lightning builds the checkpoint on every rank and writes rank
-    0's, so this collective runs on all of them."""
-    if world == 1:
-        return [state]
-    states: list[Any] = [None] * world
-    torch.distributed.all_gather_object(states, state)
-    return states
-
-
-def own_state(states: list[dict[str, Any]], world: int, rank: int) -> dict[str, Any]:
-    if len(states) != world:
-        raise ConfigError(
-            f"the checkpoint stopped between optimizer steps on samples drawn by {len(states)} processes; resume "
-            f"it on {len(states)} (this run has {world}), or from a checkpoint at a sampling step"
+    def select(self, prompt_rows: Tensor, pad_token_id: int) -> Rollout:
+        """The rollout of some of its prompts (all K completions of each), collated afresh."""
+        rows = prompt_rows.tolist()
+        prompts = [self.prompts[i] for i in rows]
+        completions = [self.completions[i] for i in rows]
+        tokens = [[c.tokens for c in group] for group in completions]
+        batch = collate_groups(prompts, tokens, pad_token_id).to(self.rewards.device)
+        terms = {name: value[prompt_rows.to(value.device)] for name, value in self.terms.items()}
+        on_device = prompt_rows.to(self.rewards.device)
+        return Rollout(
+            prompts, completions, batch, self.rewards[on_device], terms, self.finished[on_device], self.seconds
         )
-    return states[rank]
+
+
+def select_prepared(prepared: Prepared, prompt_rows: Tensor, k: int, width: int) -> Prepared:
+    """``prepared``'s rows of the completions of ``prompt_rows`` (K each), per-token tensors cut to ``width``
+    (the longest of those completions: every per-token tensor is left-aligned, one completion per row)."""
+    rows = (prompt_rows[:, None] * k + torch.arange(k)[None]).flatten()
+    picked = {}
+    for name, value in prepared.items():
+        chosen = value[rows.to(value.device)]
+        picked[name] = chosen[:, :width] if chosen.dim() == 2 else chosen
+    return picked
+
+
+def minibatch_rows(n_prompts: int, num_iterations: int, num_minibatches: int, seed: int) -> Iterator[Tensor]:
+    """The prompt rows of each optimizer step: every pass visits each prompt once, in ``num_minibatches``
+    near-equal parts of an order drawn from ``seed`` (the sampling order when a pass is one minibatch)."""
+    generator = torch.Generator().manual_seed(seed)
+    for _ in range(num_iterations):
+        order = torch.arange(n_prompts) if num_minibatches == 1 else torch.randperm(n_prompts, generator=generator)
+        yield from (part for part in torch.tensor_split(order, num_minibatches) if len(part))

@@ -11,7 +11,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from hhalign.checkpoint_files import is_checkpoint_file, read_trained_weights
+from hhalign.checkpoint_files import is_checkpoint_file, read_reward_stats, read_trained_weights
 from hhalign.data.batches import collate_groups, collate_sequences
 from hhalign.errors import ConfigError, UserError
 from hhalign.models.forward import model_inputs, sequence_rewards
@@ -49,17 +49,27 @@ def check_same_tokenizer(reward_path: str, policy_tokenizer: Any, option: str = 
 
 class RewardModel:
     """A reward model held frozen and in eval mode outside the trained module (never in its checkpoints or its
-    optimizer), on the device it is moved to."""
+    optimizer), on the device it is moved to; ``stats`` are its scores' validation ``mean`` and ``std`` where its
+    hhalign export recorded them (``normalized`` puts a score on that scale)."""
 
-    def __init__(self, model: nn.Module, name: str, batch_size: int = 16) -> None:
+    def __init__(
+        self, model: nn.Module, name: str, batch_size: int = 16, stats: dict[str, float] | None = None
+    ) -> None:
         self.model = model.eval().requires_grad_(False)
         self.name = name
         self.batch_size = batch_size
+        self.stats = stats or {}
 
     @classmethod
     def load(cls, path: str, option: str = "--model.reward_model", **load_kwargs: Any) -> RewardModel:
         check_reward_model(path, option)
-        return cls(load_model(path, head="reward", **load_kwargs), path)
+        return cls(load_model(path, head="reward", **load_kwargs), path, stats=read_reward_stats(path))
+
+    def normalized(self, scores: Tensor) -> Tensor:
+        """``(score − mean)/std`` with the validation statistics; the scores as they are without them."""
+        if not self.stats.get("std"):
+            return scores
+        return (scores - self.stats["mean"]) / self.stats["std"]
 
     @property
     def device(self) -> torch.device:

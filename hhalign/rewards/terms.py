@@ -3,6 +3,7 @@ summed, with an optional penalty for completions that never ended."""
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
@@ -19,18 +20,28 @@ from hhalign.rewards.model import RewardModel
 class Rewards:
     """Reward terms with a weight each (the model's first), and ``missing_eos_penalty``: subtracted (not
     substituted) from the weighted sum of a completion cut by the length limit, so that the terms still rank
-    unfinished completions among themselves."""
+    unfinished completions among themselves. ``normalize`` puts the reward model's scores on the scale of its
+    validation statistics (mean 0, std 1 on held-out replies), so that β, clipping and learning rates mean the
+    same for any reward model; ``clip`` bounds the total to ``[−clip, clip]`` (OpenRLHF clips at 10)."""
 
     model: RewardModel | None
     functions: list[RewardFunction] = field(default_factory=list)
     weights: list[float] | None = None
     missing_eos_penalty: float | None = None
+    normalize: bool = True
+    clip: float | None = None
 
     def __post_init__(self) -> None:
         if self.model is None and not self.functions:
             raise ConfigError(
                 "an online objective needs a reward: --model.reward_model (a reward model's export or .ckpt) "
                 "and/or --model.reward_functions module:function"
+            )
+        if self.normalize and self.model is not None and not self.model.stats.get("std"):
+            warnings.warn(
+                f"reward model {self.model.name} records no score statistics (not an hhalign export): its scores "
+                "are used as they are; set --model.normalize_reward false to say so",
+                stacklevel=2,
             )
         if self.weights is None:
             self.weights = [1.0] * len(self.names)
@@ -58,7 +69,8 @@ class Rewards:
         terms: dict[str, Tensor] = {}
         if self.model is not None:
             ended = [[c.ended(stop_id) for c in group] for group in groups]
-            terms["model"] = self.model.score_groups(prompts, ended).cpu()
+            scores = self.model.score_groups(prompts, ended).cpu()
+            terms["model"] = self.model.normalized(scores) if self.normalize else scores
         if self.functions:
             prompt_texts = [decode(p) for p, group in zip(prompts, groups, strict=True) for _ in group]
             completion_texts = [decode(c.tokens) for group in groups for c in group]
@@ -69,4 +81,6 @@ class Rewards:
         if self.missing_eos_penalty:
             unfinished = torch.tensor([[not c.finished for c in group] for group in groups])
             total = total - self.missing_eos_penalty * unfinished.float()
+        if self.clip is not None:
+            total = torch.as_tensor(total).clamp(-self.clip, self.clip)
         return torch.as_tensor(total, dtype=torch.float32), terms

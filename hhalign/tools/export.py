@@ -13,12 +13,10 @@ import lightning as L
 from lightning.pytorch.callbacks import Callback
 from torch import nn
 
-from hhalign.checkpoint_files import read_trained_weights
+from hhalign.checkpoint_files import EXPORT_INFO, read_trained_weights
 from hhalign.models.loading import load_tokenizer, merged, model_from_trained
 from hhalign.options import ToolParser
 from hhalign.training.sharding import model_on_one_process
-
-EXPORT_INFO = "hhalign_export.json"
 
 
 def export_model(model: nn.Module, tokenizer: Any, out: str | Path, info: dict[str, Any]) -> Path:
@@ -149,6 +147,10 @@ class ExportAtFitEnd(Callback):
         tokenizer = load_tokenizer(hp.model_name_or_path, hp.trust_remote_code)
         export_model(merged(model), tokenizer, out, info)  # LoRA adapters merged
         pl_module.print(f"exported the trained model to {out}")
+        critic = getattr(pl_module, "critic", None)
+        if critic is not None:  # PPO's value model, beside the policy: a scalar head, read as a reward model is
+            export_model(critic, tokenizer, out / "critic", {**info, "head": "reward", "role": "critic"})
+            pl_module.print(f"exported the critic to {out / 'critic'}")
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -81,6 +81,9 @@ def check_placement(trainer: Any, objective: Any, objective_args: dict[str, Any]
     refusal = objective.sharding_refusal(objective_args, stage) if fsdp and objective is not None else None
     if refusal:
         raise ConfigError(refusal)
+    trainer_refusal = getattr(objective, "trainer_refusal", None)
+    if stage == "fit" and trainer_refusal is not None and (refusal := trainer_refusal(trainer)):
+        raise ConfigError(refusal)
 
 
 def sum_over_processes(value: Tensor) -> tuple[Tensor, int]:

@@ -72,27 +72,34 @@ def test_rloo_fit_on_a_reward_function_logs_the_online_metrics_and_leaves_the_re
     assert weights_fingerprint(load_model(str(tiny_dir))) == ckpt["hhalign_fingerprints"]["reference"]
 
 
-def test_several_optimizer_steps_on_one_sample_clip_the_ratio_and_sample_only_at_the_first(tmp_path, tiny_dir):
+def test_num_iterations_samples_every_prompt_of_the_epoch_once_and_clips_the_second_pass(tmp_path, tiny_dir):
+    """6 training prompts, 2 a rollout, ``num_iterations 2`` and 2 minibatches: an epoch is 3 rollouts of 4
+    optimizer steps each (``global_step`` 12), every prompt sampled exactly once; with ε 0 the first step of a
+    rollout is on-policy (nothing clips) and later ones clip; the log has one row per rollout."""
     data = write_jsonl(
         tmp_path / "prompts.jsonl", [{"prompt": f"\n\nHuman: say {w}\n\nAssistant:"} for w in "abcdefgh"]
     )
+    probe = tmp_path / "probe"
     run = fit_tiny(
         tmp_path, tiny_dir, data, "configs/tiny/rloo.yaml",
         "--model.reward_model", "null", "--model.reward_functions", "[tests.online_rewards:share_of_e]",
         "--model.max_completion_length", "8", "--data.batch_size", "2", "--data.valid_fraction", "0.25",
-        "--model.num_iterations", "2", "--model.epsilon", "0.0", "--model.optimizer.init_args.lr", "1e-2",
-        "--model.log_samples_every_n_steps", "1", steps=4, val_every=4,
+        "--model.num_iterations", "2", "--model.num_minibatches", "2", "--model.epsilon", "0.0",
+        "--model.optimizer.init_args.lr", "1e-2", "--model.log_samples_every_n_steps", "4",
+        "--trainer.callbacks+=tests.probes.RecordRollouts", f"--trainer.callbacks.out={probe}", steps=12, val_every=3,
     )  # fmt: skip
+    rows = [json.loads(line) for line in (probe / "rollouts-rank0.jsonl").read_text().splitlines()]
+    training = [row for row in rows if row["training"]]
+    assert [row["step"] for row in training] == [0, 4, 8]
+    prompts = [tuple(p) for row in training for p in row["prompts"]]
+    assert len(prompts) == len(set(prompts)) == 6
+    assert torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 12
     with (run / "metrics.csv").open() as handle:
-        train = {int(r["step"]): r for r in csv.DictReader(handle) if r.get("train/loss")}
-    sampled = [step for step in range(4) if float(train[step]["train/sampling_seconds"]) > 0]
-    assert sampled == [0, 2]
-    for step in range(4):
-        clipped = float(train[step]["train/clip_fraction"])
-        assert (clipped > 0) == (step % 2 == 1), (step, clipped)  # ε 0: any move of the ratio against A clips
+        train = [r for r in csv.DictReader(handle) if r.get("train/loss")]
+    assert len(train) == 3
+    assert all(float(r["train/clip_fraction"]) > 0 for r in train)  # steps 2-4 of each rollout clip at ε 0
     steps = {json.loads(line)["step"] for line in (run / "samples.jsonl").read_text().splitlines()}
-    assert steps == {0, 2}
-    assert train[1]["train/reward"] == train[0]["train/reward"]  # the same samples
+    assert steps == {0, 4, 8}
 
 
 @pytest.mark.parametrize(
@@ -211,53 +218,6 @@ def test_a_mixed_length_group_batch_scores_as_each_completion_alone(tiny_dir, ti
     packed = judge.score_groups(prompts, completions)
     one_at_a_time = torch.cat([judge.score([p + c]) for p, g in zip(prompts, completions, strict=True) for c in g])
     torch.testing.assert_close(packed.flatten(), one_at_a_time, rtol=1e-5, atol=1e-5)
-
-
-def _held_out_reward(module, prompts: list[list[int]]) -> float:
-    """The policy's mean reward on one sample of each held-out prompt, from the same seed every time."""
-    module.eval()
-    reward = module.rollout(prompts, 1, seed=12345).rewards.mean().item()
-    module.train()
-    return reward
-
-
-@pytest.mark.slow
-@pytest.mark.parametrize(
-    ("objective", "options", "prompts_per_step"),
-    [("RLOOModule", {"num_generations": 4, "beta": 0.01}, 8), ("OnlineDPOModule", {"beta": 0.1}, 32)],
-)
-def test_online_training_raises_a_learnable_reward_on_held_out_prompts(tiny_dir, tokenizer, objective, options,
-                                                                       prompts_per_step):  # fmt: skip
-    """The share of the letter e in four-token completions: what the policy writes decides it, so steps on the
-    policy's own samples must raise it on prompts it never trained on; the reference must not move."""
-    import hhalign
-
-    topics = ["cats", "dogs", "rain", "tea", "maps", "jazz", "bread", "stars"]
-    texts = [f"\n\nHuman: tell me about {t} number {i}\n\nAssistant:" for i in range(12) for t in topics]
-    prompts = [tokenizer.encode(t) for t in texts]
-    train, held_out = prompts[:64], prompts[64:]
-    module = getattr(hhalign, objective)(
-        str(tiny_dir), reward_functions=["tests.online_rewards:share_of_e"], max_completion_length=4, **options
-    )
-    module.configure_model()
-    reference = {k: v.clone() for k, v in module.ref.state_dict().items()}
-    optimizer = torch.optim.AdamW(module.policy.parameters(), lr=3e-3)
-    before = _held_out_reward(module, held_out)
-    order = torch.Generator().manual_seed(0)
-    train_rewards = []
-    for step in range(30):
-        picked = torch.randperm(len(train), generator=order)[:prompts_per_step].tolist()
-        rollout = module.rollout([train[i] for i in picked], module.hparams.num_generations, seed=step)
-        out = module.rollout_outputs(rollout)
-        optimizer.zero_grad()
-        out.loss.backward()
-        optimizer.step()
-        train_rewards.append(rollout.rewards.mean().item())
-    after = _held_out_reward(module, held_out)
-    assert after > before + 0.02, (before, after)
-    assert sum(train_rewards[-5:]) > sum(train_rewards[:5]) + 5 * 0.02, train_rewards
-    assert all(torch.equal(reference[k], v) for k, v in module.ref.state_dict().items())
-    assert not module.ref.training and not any(p.requires_grad for p in module.ref.parameters())
 
 
 def test_a_group_shares_its_prompts_prefill_and_draws_what_plain_copies_draw(tiny_dir, tokenizer):
