@@ -2,11 +2,12 @@
 from the policy, scores them with the reward, and takes ``num_iterations × num_minibatches`` optimizer steps on
 them (Lightning's manual optimization), each clipped to ``max_grad_norm``, the learning rate scheduled per
 optimizer step. ``global_step`` counts optimizer steps, as Lightning and TRL count them; the logs hold one row
-per rollout. A checkpoint falls between rollouts, so it holds no samples.
+per rollout, at its last optimizer step. A checkpoint falls between rollouts, so it holds no samples.
 """
 
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
 import torch
@@ -47,6 +48,12 @@ class OnlineModule(SamplingModule):
     ) -> None:
         super().__init__(model_name_or_path, ref_model_name_or_path, **kwargs)
         self.automatic_optimization = False  # a step is a rollout and the optimizer steps taken on it
+
+    def on_fit_start(self) -> None:
+        super().on_fit_start()
+        # Lightning warns that a checkpoint of a manually optimized module holds the weights after the step's
+        # optimizer steps: for one rollout per step that is exactly the state a resume continues from
+        warnings.filterwarnings("ignore", message="Using ModelCheckpoint with manual optimization")
 
     @classmethod
     def trainer_refusal(cls, trainer: Any) -> str | None:
@@ -123,6 +130,8 @@ class OnlineModule(SamplingModule):
             metrics[name] = (torch.cat(values), None)
         self.log_training_metrics(StepOutputs(outputs[-1].loss, metrics, rollout.shape[0]))
         self.log("train/skipped_batches", float(self.skipped_batches), on_step=True, on_epoch=False)
+        # the logs' x axis is optimizer steps too: this rollout's row at its last one (Lightning counts batches)
+        self.trainer.fit_loop.epoch_loop._batches_that_stepped = self.trainer.global_step - 1
 
     def _update(self, out: StepOutputs) -> StepOutputs:
         """One optimizer step on ``out.loss``: backward, the gradient's norm checked and clipped (in

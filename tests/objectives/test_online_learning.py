@@ -66,7 +66,7 @@ def test_each_online_objective_learns_a_toy_reward_at_its_defaults(tiny_dir, tok
     after = _held_out_rewards(module, held_out)
     standard_error = math.sqrt(before.var() / len(before) + after.var() / len(after))
     rise = (after.mean() - before.mean()).item()
-    print(f"{objective}: held-out reward {before.mean():.3f} -> {after.mean():.3f}, rise {rise / standard_error:.1f} SE")
+    print(f"{objective}: held-out reward {before.mean():.3f} -> {after.mean():.3f} ({rise / standard_error:.1f} SE)")
     assert rise > 5 * standard_error, (objective, before.mean().item(), after.mean().item(), standard_error)
     if reference is not None:
         assert all(torch.equal(reference[k], v) for k, v in module.ref.state_dict().items())

@@ -130,22 +130,25 @@ def _samples_by_step(run_dir: Path) -> dict[int, list[dict]]:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize(("iterations", "signal_name"), [(1, "SIGKILL"), (4, "SIGTERM")])
+@pytest.mark.parametrize(
+    ("iterations", "minibatches", "signal_name", "stop_at"), [(1, 1, "SIGKILL", 3), (2, 2, "SIGTERM", 4)]
+)
 def test_online_run_stopped_then_resumed_draws_the_same_samples_and_losses(
-    tmp_path: Path, tiny_dir: Path, iterations: int, signal_name: str
+    tmp_path: Path, tiny_dir: Path, iterations: int, minibatches: int, signal_name: str, stop_at: int
 ):
-    """RLOO samples at every step, or every 4th with 4 optimizer steps on each batch of samples: killed at step 3
-    (resumed from step 2) or stopped by SIGTERM (its checkpoint at step 3, between the steps on one batch of
-    samples), the resumed run must draw what the uninterrupted one drew, step for step."""
+    """RLOO with one optimizer step per rollout, or four (2 passes of 2 minibatches): killed at step 3 (resumed
+    from step 2) or stopped by SIGTERM after the first rollout's four steps, the resumed run must draw what the
+    uninterrupted one drew and log the same numbers, rollout for rollout."""
     from tests.conftest import write_jsonl
 
     prompts = [{"prompt": f"\n\nHuman: tell me about {w}\n\nAssistant:"} for w in "abcdefghijklmnop"]
     data = write_jsonl(tmp_path / "prompts.jsonl", prompts)
     online = {"config": "configs/tiny/rloo.yaml"}
-    options = (*ONLINE, "--model.num_iterations", str(iterations), "--model.epsilon", "0.01")
+    options = (*ONLINE, "--model.num_iterations", str(iterations), "--model.num_minibatches", str(minibatches))
+    options += ("--model.epsilon", "0.01")
     whole = _run(tmp_path, tiny_dir, data, "whole", *options, **online)
     assert whole.returncode == 0, whole.stderr[-3000:]
-    kill = ("--trainer.callbacks+=tests.faults.KillAtStep", "--trainer.callbacks.step", "3")
+    kill = ("--trainer.callbacks+=tests.faults.KillAtStep", "--trainer.callbacks.step", str(stop_at))
     kill += ("--trainer.callbacks.signal_name", signal_name)
     stopped = _run(tmp_path, tiny_dir, data, "stopped", *options, *kill, **online)
     code = -signal.SIGKILL if signal_name == "SIGKILL" else 128 + signal.SIGTERM
@@ -153,13 +156,11 @@ def test_online_run_stopped_then_resumed_draws_the_same_samples_and_losses(
     resumed = _run(tmp_path, tiny_dir, data, "stopped", *options, "--ckpt_path", "last", **online)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     expected, got = _train_rows(tmp_path / "tiny" / "whole"), _train_rows(tmp_path / "tiny" / "stopped")
-    assert sorted(got) == sorted(expected) == list(range(8))
-    for step in range(8):
-        for name in ("train/loss", "train/reward", "train/kl_k1"):
+    updates = iterations * minibatches
+    assert sorted(got) == sorted(expected) == list(range(updates - 1, 8, updates))
+    for step in expected:
+        for name in ("train/loss", "train/reward", "train/kl_k1", "train/clip_fraction"):
             assert float(got[step][name]) == pytest.approx(float(expected[step][name]), abs=1e-6), (step, name)
-    for step in range(8):
-        name = "train/clip_fraction"
-        assert float(got[step][name]) == pytest.approx(float(expected[step][name]), abs=1e-6), (step, name)
     samples = _samples_by_step(tmp_path / "tiny" / "stopped")
     assert samples == _samples_by_step(tmp_path / "tiny" / "whole")
-    assert sorted(samples) == list(range(0, 8, iterations))
+    assert sorted(samples) == list(range(0, 8, updates))
