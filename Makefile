@@ -50,13 +50,15 @@ demo-quick: $(SMOLLM2)/model.safetensors  ## the demo's mechanics in about 10 mi
 	$(BIN)/hhalign summary outputs/smollm2/dpo-quick outputs/smollm2/rm-quick
 	$(BIN)/hhalign evaluate outputs/smollm2/dpo-quick --judge outputs/smollm2/rm-quick/export
 
-# after `make demo` (its reward model is the reward): RLOO and online DPO on the policy's own samples, each judged
+# after `make demo` (its reward model is the reward): RLOO, PPO and online DPO on the policy's own samples, each judged
 # by generation as the demo's DPO is
-rl: $(SMOLLM2)/model.safetensors  ## RLOO and online DPO rewarded by the demo's RM, each evaluated (after make demo)
+rl: $(SMOLLM2)/model.safetensors  ## RLOO, PPO and online DPO rewarded by the demo's RM, each evaluated (after make demo)
 	@test -f outputs/smollm2/rm/export/config.json \
 		|| { echo "run 'make demo' first: the online runs are rewarded by its reward model"; exit 1; }
 	$(BIN)/hhalign fit --config configs/smollm2/rloo.yaml --overwrite true
 	$(BIN)/hhalign evaluate outputs/smollm2/rloo --judge outputs/smollm2/rm/export
+	$(BIN)/hhalign fit --config configs/smollm2/ppo.yaml --overwrite true
+	$(BIN)/hhalign evaluate outputs/smollm2/ppo --judge outputs/smollm2/rm/export
 	$(BIN)/hhalign fit --config configs/smollm2/online-dpo.yaml --overwrite true
 	$(BIN)/hhalign evaluate outputs/smollm2/online-dpo --judge outputs/smollm2/rm/export
 
@@ -68,11 +70,12 @@ $(JUDGE)/config.json: $(SMOLLM2)/model.safetensors
 judge: $(JUDGE)/config.json  ## the held-out judge: a second reward model on pairs disjoint from the demo's
 
 BETAS := 0.05 0.5
-POINTS := dpo $(foreach beta,$(BETAS),dpo-beta$(beta)) rloo online-dpo
+POINTS := dpo $(foreach beta,$(BETAS),dpo-beta$(beta)) rloo ppo online-dpo
 # after `make demo` and `make rl`: DPO at two more betas; every point judged by the demo's reward model (the online
 # runs' reward) and by the held-out judge, one panel each
-frontier: $(SMOLLM2)/model.safetensors  ## the reward-KL frontier of DPO (3 betas), RLOO and online DPO, both judges
+frontier: $(SMOLLM2)/model.safetensors  ## the reward-KL frontier of DPO (3 betas), RLOO, PPO, online DPO, both judges
 	@test -f outputs/smollm2/dpo/eval/evaluation.json && test -f outputs/smollm2/rloo/eval/evaluation.json \
+		&& test -f outputs/smollm2/ppo/eval/evaluation.json \
 		&& test -f outputs/smollm2/online-dpo/eval/evaluation.json \
 		|| { echo "run 'make demo' and 'make rl' first: the frontier reuses their runs"; exit 1; }
 	$(MAKE) --no-print-directory $(JUDGE)/config.json

@@ -55,7 +55,7 @@ def run_online(args: Any, models: dict[str, Path], work: Path, run_worker: Any, 
     lines, runs = [], []
     for size, model_dir in models.items():
         reward_dir = make_reward_model(model_dir, work / "models" / f"{size}-rm")
-        n_prompts = (args.warmup + args.steps) * prompts_per_step + 1
+        n_prompts = (args.warmup + args.steps) * prompts_per_step * k + 1  # PPO: K times the prompts, one sample each
         data = work / f"prompts-{size}.jsonl"
         mean_prompt = write_prompts(model_dir, n_prompts, args.max_length - new_tokens, data)
         common = ["--model", str(model_dir), "--reward-model", str(reward_dir), "--data", str(data)]
@@ -64,6 +64,7 @@ def run_online(args: Any, models: dict[str, Path], work: Path, run_worker: Any, 
         by_tool: dict[str, list[Any]] = {}
         for repeat in range(args.repeats):
             tools = [("hhalign", [sys.executable, str(HERE / "online_worker.py")])]
+            tools += [("hhalign-ppo", [sys.executable, str(HERE / "online_worker.py"), "--objective", "ppo"])]
             tools += [("trl", [str(trl_python), str(HERE / "trl_online_worker.py")])] if trl_python else []
             for tool, command in tools:
                 out = work / f"online-{tool}-{size}-{repeat}.json"
@@ -71,7 +72,7 @@ def run_online(args: Any, models: dict[str, Path], work: Path, run_worker: Any, 
                 by_tool.setdefault(tool, []).append(result)
                 runs.append(result.__dict__)
                 rate, per_step = result.pairs / result.seconds, result.seconds / args.steps
-                tag = f"[{repeat + 1}/{args.repeats}] {tool:7s} online {size}"
+                tag = f"[{repeat + 1}/{args.repeats}] {tool:11s} online {size}"
                 memory = f"{result.peak_rss_mb:.0f} MB"
                 print(f"{tag}: {per_step:.1f} s/step, {rate:.2f} completions/s, {memory}", flush=True)
         lines += _table(size, by_tool, args.steps, prompts_per_step, k, new_tokens, mean_prompt)
@@ -81,7 +82,8 @@ def run_online(args: Any, models: dict[str, Path], work: Path, run_worker: Any, 
 
 def _table(size: str, by_tool: dict[str, list[Any]], steps: int, p: int, k: int, t: int, prompt: int) -> list[str]:
     lines = [
-        f"\nonline RLOO, {size}: {p} prompts × K = {k} a step, {t} new tokens each, prompts {prompt} tokens on average",
+        f"\nonline RLOO (hhalign, trl) and PPO (hhalign-ppo: {p * k} prompts × 1), {size}: {p} prompts × K = {k} a "
+        f"step, {t} new tokens each, prompts {prompt} tokens on average",
         "| tool | s/step (median) | completions/s | sampling share | peak RSS MB |",
         "|---|---:|---:|---:|---:|",
     ]

@@ -1,4 +1,5 @@
-"""One timed hhalign RLOO run through the real Lightning path; run by ``bench.py --tasks online`` in ``.venv``."""
+"""One timed hhalign RLOO or PPO run through the real Lightning path; run by ``bench.py --tasks online`` in ``.venv``.
+PPO samples one completion of K times the prompts, so both draw the same completions a step."""
 
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from workload import StepClock, WorkerResult  # noqa: E402
 
 from hhalign.data.datamodule import PreferenceDataModule  # noqa: E402
-from hhalign.objectives import RLOOModule  # noqa: E402
+from hhalign.objectives import PPOModule, RLOOModule  # noqa: E402
 
 
 class Recorder(Callback):
@@ -31,9 +32,9 @@ class Recorder(Callback):
         self.clock.step_end()
         step = len(self.clock.ends) - 1
         if step == 0:
-            self.result.first_loss = float(outputs["loss"])
+            self.result.first_loss = float(trainer.callback_metrics["train/loss"])
         if self.clock.timed(step):
-            self.result.pairs += len(batch.prompts) * self.k  # completions, in the pairs column
+            self.result.pairs += len(batch.prompts) * module.hparams.num_generations  # completions (pairs column)
             for name, value in module.last_rollout_seconds.items():
                 self.seconds[name] += value
 
@@ -44,20 +45,22 @@ def main() -> None:
         parser.add_argument(name, required=True)
     for name in ("--prompts-per-step", "--k", "--max-new-tokens", "--max-length", "--steps", "--warmup"):
         parser.add_argument(name, type=int, required=True)
+    parser.add_argument("--objective", choices=["rloo", "ppo"], default="rloo")
     args = parser.parse_args()
+    ppo = args.objective == "ppo"
     data = PreferenceDataModule(
         path=args.data,
         tokenizer_name_or_path=args.model,
         valid_fraction=0.001,
         max_length=args.max_length,
         max_response_length=args.max_new_tokens,
-        batch_size=args.prompts_per_step,
+        batch_size=args.prompts_per_step * (args.k if ppo else 1),
         examples="prompts",
     )
-    module = RLOOModule(
+    module = (PPOModule if ppo else RLOOModule)(
         args.model,
         reward_model=args.reward_model,
-        num_generations=args.k,
+        num_generations=1 if ppo else args.k,
         max_completion_length=args.max_new_tokens,
         beta=0.05,
         generation_batch_size=args.prompts_per_step * args.k,
@@ -65,7 +68,9 @@ def main() -> None:
         optimizer=partial(torch.optim.AdamW, lr=1e-5),
         lr_schedule="constant",
     )
-    result = WorkerResult("hhalign", "online", args.model, "rloo", args.prompts_per_step, args.steps, args.warmup)
+    result = WorkerResult(
+        "hhalign", "online", args.model, args.objective, args.prompts_per_step, args.steps, args.warmup
+    )
     clock = StepClock(args.warmup)
     recorder = Recorder(result, clock, args.k)
     trainer = L.Trainer(

@@ -30,3 +30,8 @@ class RecordRollouts(Callback):
             return rollout
 
         pl_module.rollout = recorded
+
+    def on_train_end(self, trainer: Any, pl_module: Any) -> None:
+        """Each process's trained weights, summed: equal on every rank when gradients were averaged."""
+        total = sum(p.detach().double().abs().sum().item() for p in pl_module.trainable_module().parameters())
+        (self.out / f"weights-rank{trainer.global_rank}.json").write_text(json.dumps(total))

@@ -86,8 +86,9 @@ def test_ddp_two_processes_match_a_single_process(tmp_path: Path, tiny_dir: Path
 
 @pytest.mark.slow
 def test_ddp_online_ranks_sample_disjoint_prompts_whole_groups_and_sync_metrics(tmp_path: Path, tiny_dir: Path):
-    """RLOO over 2 processes: at each step the ranks draw other prompts, each rank samples all K completions of
-    its prompts, and the logged validation reward is the mean over both ranks' samples."""
+    """RLOO over 2 processes, two optimizer steps (minibatches) on each rollout: at each rollout the ranks draw
+    other prompts, each rank samples all K completions of its prompts, and the logged validation reward is the
+    mean over both ranks' samples."""
     from tests.conftest import write_jsonl
 
     data = write_jsonl(
@@ -98,8 +99,9 @@ def test_ddp_online_ranks_sample_disjoint_prompts_whole_groups_and_sync_metrics(
         "fit", "configs/tiny/rloo.yaml", tiny_dir, data, tmp_path, "--trial_name", "online-ddp",
         "--model.reward_model", "null", "--model.reward_functions", "[tests.online_rewards:share_of_e]",
         "--model.max_completion_length", "4", "--data.batch_size", "2", "--data.val_batch_size", "2",
-        "--trainer.strategy", "ddp", "--trainer.devices", "2", "--trainer.max_steps", "2",
-        "--trainer.val_check_interval", "2", "--trainer.callbacks+=tests.probes.RecordRollouts",
+        "--trainer.strategy", "ddp", "--trainer.devices", "2", "--trainer.max_steps", "4",
+        "--model.num_minibatches", "2", "--trainer.val_check_interval", "2",
+        "--trainer.callbacks+=tests.probes.RecordRollouts",
         f"--trainer.callbacks.out={probe}",
     )  # fmt: skip
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
@@ -110,10 +112,12 @@ def test_ddp_online_ranks_sample_disjoint_prompts_whole_groups_and_sync_metrics(
     ranks = [
         [json.loads(line) for line in (probe / f"rollouts-rank{r}.jsonl").read_text().splitlines()] for r in (0, 1)
     ]
-    for step in (0, 1):
+    for step in (0, 2):
         drawn = [[tuple(p) for row in rows if row["training"] and row["step"] == step for p in row["prompts"]]
                  for rows in ranks]  # fmt: skip
         assert len(drawn[0]) == len(drawn[1]) == 2 and not set(drawn[0]) & set(drawn[1]), step
+    weights = [json.loads((probe / f"weights-rank{r}.json").read_text()) for r in (0, 1)]
+    assert weights[0] == weights[1]  # each minibatch's gradient averaged over both ranks
     for rows in ranks:
         for row in rows:
             k = 4 if row["training"] else 1
