@@ -28,3 +28,19 @@ def count_of_e(prompts: list[str], completions: list[str]) -> list[float]:
     """How many times the letter e occurs: ``share_of_e``'s signal on the scale of a normalized reward model's
     scores (a standard deviation near 1 on the tiny model's samples, where ``share_of_e``'s is near 0.1)."""
     return [float(c.count("e")) for c in completions]
+
+
+def given_score(prompts: list[str], completions: list[str], score: list[float]) -> list[float]:
+    """Each completion's reward is its prompt record's ``score`` column: what the reward function was handed."""
+    return [float(s) for s in score]
+
+
+def with_everything(prompts: list[str], completions: list[str], **columns: list) -> list[float]:
+    """How many columns it was handed, for each completion."""
+    return [float(len(columns))] * len(completions)
+
+
+def needs_answer(
+    prompts: list[str], completions: list[str], answer: list[str], bonus: float | None = None
+) -> list[float]:
+    return [float(a in c) + (bonus or 0.0) for a, c in zip(answer, completions, strict=True)]

@@ -21,8 +21,8 @@ class RecordRollouts(Callback):
         path = self.out / f"rollouts-rank{trainer.global_rank}.jsonl"
         original = pl_module.rollout
 
-        def recorded(prompts: list[list[int]], k: int, seed: int) -> Any:
-            rollout = original(prompts, k, seed)
+        def recorded(prompts: list[list[int]], k: int, seed: int, columns: Any = None) -> Any:
+            rollout = original(prompts, k, seed, columns)
             row = {"step": trainer.global_step, "training": pl_module.training, "prompts": prompts}
             row["rewards"] = rollout.rewards.tolist()
             with path.open("a") as handle:

@@ -8,6 +8,7 @@ is only filler, since many tokenizers pad with their EOS. Batches move between d
 from __future__ import annotations
 
 import dataclasses
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
@@ -135,13 +136,16 @@ class PromptBatch(Batch):
     input_ids: Tensor
     attention_mask: Tensor
     prompts: list[list[int]]
+    columns: list[dict[str, Any]] | None = None
+    """Each prompt's record's other columns (what reward functions may ask for by name)."""
 
 
 def collate_prompts(prompts: Sequence[Any], pad_token_id: int) -> PromptBatch:
-    """A batch of ``TokenizedPrompt`` (anything with a ``prompt`` list of ids)."""
+    """A batch of ``TokenizedPrompt`` (anything with a ``prompt`` list of ids, and maybe its ``columns``)."""
     ids = [list(p.prompt) for p in prompts]
     plain = collate_sequences(ids, None, pad_token_id)
-    return PromptBatch(plain.input_ids, plain.attention_mask, ids)
+    columns = [json.loads(getattr(p, "columns", "{}")) for p in prompts]
+    return PromptBatch(plain.input_ids, plain.attention_mask, ids, columns)
 
 
 @dataclass

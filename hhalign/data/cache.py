@@ -21,7 +21,7 @@ import numpy as np
 from hhalign.data.sources import load_split, local_identity
 from hhalign.files import atomic_write
 
-CACHE_VERSION = 2  # raise when tokenization changes what it makes of the same records
+CACHE_VERSION = 3  # raise when tokenization changes what it makes of the same records
 CACHE_ENV = "HHALIGN_CACHE"
 
 
@@ -67,6 +67,8 @@ def _pack(prefix: str, examples: list[Any]) -> dict[str, np.ndarray]:
         if isinstance(values[0], list):
             arrays[f"{prefix}{field.name}.ids"] = np.fromiter((i for v in values for i in v), dtype=np.int64)
             arrays[f"{prefix}{field.name}.len"] = np.array([len(v) for v in values], dtype=np.int64)
+        elif isinstance(values[0], str):
+            arrays[f"{prefix}{field.name}.text"] = np.array(values, dtype=str)
         else:  # bool or optional float: nan stands for None
             arrays[f"{prefix}{field.name}"] = np.array([np.nan if v is None else float(v) for v in values])
     return arrays
@@ -80,6 +82,8 @@ def _unpack(prefix: str, arrays: Any, example_type: type) -> list[Any]:
             ids, lengths = arrays[f"{prefix}{field.name}.ids"].tolist(), arrays[f"{prefix}{field.name}.len"]
             ends = np.cumsum(lengths).tolist()
             columns[field.name] = [ids[end - length : end] for end, length in zip(ends, lengths.tolist(), strict=True)]
+        elif f"{prefix}{field.name}.text" in arrays:
+            columns[field.name] = [str(v) for v in arrays[f"{prefix}{field.name}.text"].tolist()]
         elif f"{prefix}{field.name}" in arrays:
             raw = arrays[f"{prefix}{field.name}"].tolist()
             as_bool = field.type in ("bool", bool)

@@ -15,6 +15,7 @@ implicit form a string ``prompt`` column is ignored (UltraFeedback's repeats the
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping
 from typing import Any
 
@@ -73,6 +74,15 @@ def to_record(raw: Any, origin: str, fmt: str | None = None, first: str | None =
             f"have one shape: {FORMATS[fmt]}. Keys found: {_keys(raw)}"
         )
     field = _Fields(raw, origin, fmt)
+    columns = {k: v for k, v in raw.items() if k not in RECORD_FIELDS}
+    return dataclasses.replace(_record(raw, field, fmt, origin), columns=columns or None)
+
+
+RECORD_FIELDS = ("prompt", "chosen", "rejected", "completion", "label", "margin")
+"""The fields a record's format reads; any other column of a source rides along (``Record.columns``)."""
+
+
+def _record(raw: Any, field: _Fields, fmt: str, origin: str) -> Record:
     if fmt == "prompt-only":
         return Record(None, None, field.turns("prompt"), origin)
     if fmt == "unpaired":

@@ -14,9 +14,11 @@ from hhalign.data.records import Record, Turns
 
 @dataclass(frozen=True)
 class TokenizedPrompt:
-    """A prompt's ids as the policy continues them (the assistant's turn opened, nothing of a reply)."""
+    """A prompt's ids as the policy continues them (the assistant's turn opened, nothing of a reply), and its
+    record's other columns as JSON text (what reward functions may read; text, so the cache stores it as it is)."""
 
     prompt: list[int]
+    columns: str = "{}"
 
 
 def prompt_of(record: Record) -> Turns | None:
@@ -46,6 +48,7 @@ class PromptTokenizer:
 
     def __call__(self, records: list[Record]) -> list[TokenizedPrompt]:
         texts: list[Turns] = []
+        columns: list[str] = []
         seen: set[str] = set()
         for record in records:
             text = prompt_of(record)
@@ -57,11 +60,13 @@ class PromptTokenizer:
             else:
                 seen.add(key)
                 texts.append(text)
+                columns.append(json.dumps(record.columns or {}, sort_keys=True, default=str))
         prompts = []
-        for text, ids in zip(texts, self.pairs.encode_prompt_texts(texts), strict=True):
+        encoded = self.pairs.encode_prompt_texts(texts)
+        for text, ids, extra in zip(texts, encoded, columns, strict=True):
             fitted = self.pairs.fit_prompt(text, ids, self.budget)
             if fitted is None:
                 self.counts["drop:prompt_too_long"] += 1
             else:
-                prompts.append(TokenizedPrompt(fitted))
+                prompts.append(TokenizedPrompt(fitted, extra))
         return prompts

@@ -4,7 +4,7 @@ messages. How sources spell them is ``hhalign.data.formats``; where they come fr
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 Message = dict[str, str]
 """A chat message: ``{"role": "user" | "assistant" | "system" | "tool", "content": text}``."""
@@ -29,6 +29,7 @@ class Record:
     margin: float | None = None  # how much better chosen is, when the data says (reward modelling)
     completion: Turns | None = None
     label: bool | None = None  # unpaired: True when the completion is desirable
+    columns: dict[str, Any] | None = None  # the source's other fields (a reference answer): reward functions read them
 
     @property
     def is_pair(self) -> bool:

@@ -45,15 +45,12 @@ class AlignmentModule(L.LightningModule):
         attn_implementation: Passed to ``from_pretrained`` (``sdpa``, ``eager``, ``flash_attention_2``).
         trust_remote_code: Run code shipped with a hub model; off unless you trust its authors.
         disable_dropout: Zero every dropout probability in the model config.
-        val_batches_during_fit: Bound validation while training to this many batches; the validation
-            after the last step always covers every pair.
+        val_batches_during_fit: Bound validation while training to this many batches (the last covers all).
         on_nonfinite: On a NaN or infinite loss or gradient, ``stop`` naming the step and the last good
             checkpoint, or ``skip`` the batch and count it in ``train/skipped_batches``.
-        shared_prompt: Run packed batches (``data.shared_prompt``) as one row per pair, the prompt
-            computed once, where the attention takes a 4D mask (``sdpa``, ``eager``); otherwise, or when
-            off, they are unpacked into separate chosen and rejected rows. Same numbers either way.
-        gradient_checkpointing: Recompute the trained model's activations in backward, trading about a
-            third more compute for much less activation memory.
+        shared_prompt: Run packed batches as one row per pair, the prompt computed once, where the attention
+            takes a 4D mask (``sdpa``, ``eager``); else they are unpacked. Same numbers either way.
+        gradient_checkpointing: Recompute activations in backward: a third more compute, far less memory.
         lora_rank: Train LoRA adapters of this rank (``peft``) instead of every weight; 0 trains the full
             model. With DPO the reference is then the same model with its adapters switched off.
         lora_alpha: LoRA scale numerator (the update is scaled by ``lora_alpha / lora_rank``).
@@ -125,8 +122,7 @@ class AlignmentModule(L.LightningModule):
         }
 
     def prepare_trainable(self, model: nn.Module) -> nn.Module:
-        """Put a freshly loaded trained model in train mode (models load in eval mode), with the
-        configured gradient checkpointing."""
+        """A freshly loaded trained model in train mode, with gradient checkpointing and LoRA as configured."""
         if self.hparams.gradient_checkpointing:
             enable_gradient_checkpointing(model)
         if self.hparams.lora_rank > 0:
@@ -140,7 +136,7 @@ class AlignmentModule(L.LightningModule):
             raise RuntimeError("configure_model() has not run")
         return model
 
-    def pair_outputs(self, batch: Any) -> PairOutputs:
+    def pair_outputs(self, batch: Any) -> PairOutputs:  # the pair objectives' own
         raise NotImplementedError
 
     def step_outputs(self, batch: Any) -> StepOutputs:
@@ -167,14 +163,8 @@ class AlignmentModule(L.LightningModule):
         for name, (values, weights) in out.metrics.items():
             metric = self.stage_metrics("train")[name]
             metric(values.detach().float(), 1.0 if weights is None else weights)
-            self.log(
-                f"train/{name}",
-                metric,
-                on_step=True,
-                on_epoch=False,
-                batch_size=out.batch_size,
-                prog_bar=name in self.progress_metrics,
-            )
+            self.log(f"train/{name}", metric, on_step=True, on_epoch=False, batch_size=out.batch_size,
+                     prog_bar=name in self.progress_metrics)  # fmt: skip
 
     def _finite_or_skip(self, value: Tensor, what: str) -> bool:
         """Agree across processes whether ``value`` is finite; if not, stop or count a skipped batch."""
@@ -200,14 +190,8 @@ class AlignmentModule(L.LightningModule):
         for name, (values, weights) in out.metrics.items():
             metric = self.stage_metrics(stage)[name]
             metric.update(values.detach().float(), 1.0 if weights is None else weights)
-            self.log(
-                f"{stage}/{name}",
-                metric,
-                on_step=False,
-                on_epoch=True,
-                batch_size=out.batch_size,
-                prog_bar=name == self.progress_metrics[-1],
-            )
+            self.log(f"{stage}/{name}", metric, on_step=False, on_epoch=True, batch_size=out.batch_size,
+                     prog_bar=name == self.progress_metrics[-1])  # fmt: skip
         examples = self.eval_examples[stage]
         examples.update(float(out.batch_size))
         self.log(f"{stage}/examples", examples, on_step=False, on_epoch=True, batch_size=out.batch_size)

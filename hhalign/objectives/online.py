@@ -105,7 +105,7 @@ class OnlineModule(SamplingModule):
                 "sample at least one prompt per minibatch (--data.batch_size)"
             )
         seed = self.draw_seed(step)
-        rollout = self.rollout(batch.prompts, hp.num_generations, seed)
+        rollout = self.rollout(batch.prompts, hp.num_generations, seed, batch.columns)
         self.last_rollout_seconds = dict(rollout.seconds)
         self._log_samples(rollout, step)
         outputs = []

@@ -166,8 +166,11 @@ class SamplingModule(PolicyModule):
     def decode(self, ids: list[int]) -> str:
         return self.tokenizer.decode(ids, skip_special_tokens=True)
 
-    def rollout(self, prompts: list[list[int]], k: int, seed: int) -> Rollout:
-        """Sample K completions of each prompt from the policy and score them."""
+    def rollout(
+        self, prompts: list[list[int]], k: int, seed: int, columns: list[dict[str, Any]] | None = None
+    ) -> Rollout:
+        """Sample K completions of each prompt from the policy and score them (reward functions may read each
+        prompt's record ``columns``)."""
         started = time.perf_counter()
         tokenizer, policy = self.tokenizer, self.trainable_module()
         stop_id = tokenizer.eos_token_id
@@ -176,7 +179,7 @@ class SamplingModule(PolicyModule):
         )
         sampled = time.perf_counter()
         assert self.rewards is not None
-        rewards, terms = self.rewards.score(prompts, groups, stop_id, self.decode)
+        rewards, terms = self.rewards.score(prompts, groups, stop_id, self.decode, columns)
         scored = time.perf_counter()
         batch = collate_groups(prompts, [[c.tokens for c in g] for g in groups], tokenizer.pad_token_id)
         finished = torch.tensor([[c.finished for c in g] for g in groups])
@@ -225,7 +228,7 @@ class SamplingModule(PolicyModule):
         validation: its reward, KL to the reference, entropy and length; no gradient, no loss."""
         index = getattr(self, "_validation_batch", 0)
         self._validation_batch = index + 1
-        rollout = self.rollout(batch.prompts, 1, self.draw_seed(index, validation=True))
+        rollout = self.rollout(batch.prompts, 1, self.draw_seed(index, validation=True), batch.columns)
         with torch.no_grad():
             logps, mask = self.token_logps(self.trainable_module(), rollout.batch, self.hparams.temperature)
         ref_logps = self.reference_token_logps(rollout.batch, self.hparams.temperature)

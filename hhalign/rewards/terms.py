@@ -6,6 +6,7 @@ from __future__ import annotations
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -62,9 +63,11 @@ class Rewards:
         groups: Sequence[Sequence[Completion]],
         stop_id: int,
         decode: Callable[[Sequence[int]], str],
+        columns: Sequence[dict[str, Any]] | None = None,
     ) -> tuple[Tensor, dict[str, Tensor]]:
         """The total reward ``(P, K)`` of K completions of each prompt, and each term ``(P, K)`` unweighted.
-        The reward model reads each completion with its EOS (``Completion.ended``), as it was trained."""
+        The reward model reads each completion with its EOS (``Completion.ended``), as it was trained; reward
+        functions may read each prompt's record ``columns``."""
         shape = (len(groups), len(groups[0]))
         terms: dict[str, Tensor] = {}
         if self.model is not None:
@@ -74,8 +77,11 @@ class Rewards:
         if self.functions:
             prompt_texts = [decode(p) for p, group in zip(prompts, groups, strict=True) for _ in group]
             completion_texts = [decode(c.tokens) for group in groups for c in group]
+            per_completion = None
+            if columns is not None:  # each prompt's columns, once per completion of it
+                per_completion = [row for row, group in zip(columns, groups, strict=True) for _ in group]
             for function, name in zip(self.functions, self.names[-len(self.functions) :], strict=True):
-                terms[name] = function(prompt_texts, completion_texts).view(shape)
+                terms[name] = function(prompt_texts, completion_texts, per_completion).view(shape)
         assert self.weights is not None
         total = sum(w * terms[n] for w, n in zip(self.weights, self.names, strict=True))
         if self.missing_eos_penalty:
