@@ -49,6 +49,16 @@ class OnlineModule(SamplingModule):
         super().__init__(model_name_or_path, ref_model_name_or_path, **kwargs)
         self.automatic_optimization = False  # a step is a rollout and the optimizer steps taken on it
 
+    def setup(self, stage: str) -> None:
+        super().setup(stage)
+        max_steps, updates = self.trainer.max_steps, self.updates_per_rollout
+        if stage == "fit" and max_steps > 0 and max_steps % updates:
+            whole = max_steps + updates - max_steps % updates
+            raise ConfigError(
+                f"--trainer.max_steps {max_steps} counts optimizer steps, and each rollout takes {updates} "
+                f"(num_iterations × num_minibatches); set a multiple of {updates}, e.g. {whole}"
+            )
+
     def on_fit_start(self) -> None:
         super().on_fit_start()
         # Lightning warns that a checkpoint of a manually optimized module holds the weights after the step's

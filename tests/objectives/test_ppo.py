@@ -94,3 +94,32 @@ def test_trainer_options_an_online_step_cannot_honour_are_refused_naming_the_mod
 
     with pytest.raises(ConfigError, match=message):
         check_placement({"accelerator": "cpu", **option}, PPOModule, {}, "fit")
+
+
+@pytest.mark.slow
+def test_critic_warmup_trains_the_critic_alone_and_a_max_steps_between_rollouts_is_refused(tmp_path, tiny_dir):
+    """Two warm-up steps: the checkpoint's policy is the starting model's, bit for bit, while its critic moved.
+    ``max_steps`` that ends inside a rollout is refused naming a multiple."""
+    from hhalign.cli import main
+    from hhalign.models.loading import load_model
+    from tests.conftest import tiny_fit_args
+
+    data = write_jsonl(
+        tmp_path / "prompts.jsonl", [{"prompt": f"\n\nHuman: say {w}\n\nAssistant:"} for w in "abcdefgh"]
+    )
+    options = (
+        "--model.reward_model", "null", "--model.reward_functions", "[tests.online_rewards:count_of_e]",
+        "--model.max_completion_length", "4", "--data.batch_size", "2", "--data.valid_fraction", "0.25",
+    )  # fmt: skip
+    run = fit_tiny(tmp_path, tiny_dir, data, "configs/tiny/ppo.yaml", *options, "--model.critic_warmup_steps", "2",
+                   steps=2, val_every=2)  # fmt: skip
+    state = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
+    start = load_model(str(tiny_dir)).state_dict()
+    assert all(torch.equal(state[f"policy.{k}"], v) for k, v in start.items())
+    critic_start = load_model(str(tiny_dir), head="reward").state_dict()
+    backbone = [k for k in critic_start if not k.startswith("score")]  # the head starts fresh at every load
+    assert any(not torch.equal(state[f"critic.{k}"], critic_start[k]) for k in backbone)
+    args = tiny_fit_args(tmp_path, tiny_dir, data, "configs/tiny/ppo.yaml", *options, "--model.num_minibatches", "2",
+                         steps=3, val_every=1, trial="odd")  # fmt: skip
+    with pytest.raises(SystemExit, match="--trainer.max_steps 3 counts optimizer steps.*e.g. 4"):
+        main(args)
