@@ -126,12 +126,16 @@ def clipped_surrogate(
         mask: ``(N, T)`` real completion tokens.
     """
     ratio = torch.exp(logps - old_logps.detach())
-    advantage = token_advantages.detach()
+    losses, was_clipped = _clip(ratio, token_advantages.detach(), epsilon_low, epsilon_high)
+    real = mask.float().sum().clamp(min=1)
+    return Surrogate(losses, (was_clipped & mask.bool()).float().sum() / real)
+
+
+def _clip(ratio: Tensor, advantage: Tensor, epsilon_low: float, epsilon_high: float) -> tuple[Tensor, Tensor]:
+    """``−min(ρ·A, clip(ρ)·A)`` and where the clipped term is the smaller (the clip binds)."""
     unclipped = ratio * advantage
     clipped = torch.clamp(ratio, 1 - epsilon_low, 1 + epsilon_high) * advantage
-    was_clipped = (clipped < unclipped) & mask.bool()
-    real = mask.float().sum().clamp(min=1)
-    return Surrogate(-torch.minimum(unclipped, clipped), was_clipped.float().sum() / real)
+    return -torch.minimum(unclipped, clipped), clipped < unclipped
 
 
 def sequence_surrogate(
@@ -146,12 +150,9 @@ def sequence_surrogate(
     ``ρ = exp(Σ_t log π − Σ_t log π_old)`` of the whole completion, ``−min(ρ·A, clip(ρ)·A)`` per completion,
     ``(N,)``; the caller takes the mean over completions. With one optimizer step per rollout its gradient is
     ``−A·∇Σ_t log π``, REINFORCE's with no length weighting."""
-    real = mask.float()
-    ratio = torch.exp(((logps - old_logps.detach()) * real).sum(dim=1))
-    advantages = advantages.detach().reshape(-1)
-    unclipped = ratio * advantages
-    clipped = torch.clamp(ratio, 1 - epsilon_low, 1 + epsilon_high) * advantages
-    return Surrogate(-torch.minimum(unclipped, clipped), (clipped < unclipped).float().mean())
+    ratio = torch.exp(((logps - old_logps.detach()) * mask.float()).sum(dim=1))
+    losses, was_clipped = _clip(ratio, advantages.detach().reshape(-1), epsilon_low, epsilon_high)
+    return Surrogate(losses, was_clipped.float().mean())
 
 
 def whiten(values: Tensor, mask: Tensor | None = None, total: Callable[[Tensor], Tensor] | None = None) -> Tensor:
