@@ -33,5 +33,6 @@ class RecordRollouts(Callback):
 
     def on_train_end(self, trainer: Any, pl_module: Any) -> None:
         """Each process's trained weights, summed: equal on every rank when gradients were averaged."""
-        total = sum(p.detach().double().abs().sum().item() for p in pl_module.trainable_module().parameters())
+        models = [pl_module.trainable_module(), getattr(pl_module, "critic", None)]
+        total = sum(p.detach().double().abs().sum().item() for m in models if m is not None for p in m.parameters())
         (self.out / f"weights-rank{trainer.global_rank}.json").write_text(json.dumps(total))

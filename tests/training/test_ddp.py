@@ -129,3 +129,31 @@ def test_ddp_online_ranks_sample_disjoint_prompts_whole_groups_and_sync_metrics(
     with open(tmp_path / "tiny" / "online-ddp" / "metrics.csv") as handle:
         logged = [float(r["val/reward"]) for r in csv.DictReader(handle) if r.get("val/reward")]
     assert logged == pytest.approx([sum(rewards) / len(rewards)], abs=1e-6)
+
+
+@pytest.mark.slow
+def test_ddp_ppo_keeps_policy_and_critic_equal_on_both_ranks(tmp_path: Path, tiny_dir: Path):
+    """PPO over 2 processes, two minibatches a rollout: the critic's gradient is averaged with the policy's, so
+    both ranks end with the same weights, having sampled other prompts."""
+    from tests.conftest import write_jsonl
+
+    data = write_jsonl(tmp_path / "prompts.jsonl", [{"prompt": f"\n\nHuman: say {i}\n\nAssistant:"} for i in range(16)])
+    probe = tmp_path / "probe"
+    command = tiny_args(
+        "fit", "configs/tiny/ppo.yaml", tiny_dir, data, tmp_path, "--trial_name", "ppo-ddp",
+        "--model.reward_model", "null", "--model.reward_functions", "[tests.online_rewards:count_of_e]",
+        "--model.max_completion_length", "4", "--data.batch_size", "2", "--data.val_batch_size", "2",
+        "--trainer.strategy", "ddp", "--trainer.devices", "2", "--trainer.max_steps", "4",
+        "--model.num_minibatches", "2", "--trainer.val_check_interval", "2",
+        "--trainer.callbacks+=tests.probes.RecordRollouts", f"--trainer.callbacks.out={probe}",
+    )  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+    fit = subprocess.run(
+        [sys.executable, "-m", "hhalign.cli", *command], cwd=REPO, env=env, capture_output=True, text=True, timeout=600
+    )
+    assert fit.returncode == 0, fit.stderr[-3000:]
+    weights = [json.loads((probe / f"weights-rank{r}.json").read_text()) for r in (0, 1)]
+    assert weights[0] == weights[1]
+    drawn = [{tuple(p) for line in (probe / f"rollouts-rank{r}.jsonl").read_text().splitlines()
+              for p in json.loads(line)["prompts"] if json.loads(line)["training"]} for r in (0, 1)]  # fmt: skip
+    assert len(drawn[0]) == len(drawn[1]) == 4 and not drawn[0] & drawn[1]

@@ -131,19 +131,21 @@ def _samples_by_step(run_dir: Path) -> dict[int, list[dict]]:
 
 @pytest.mark.slow
 @pytest.mark.parametrize(
-    ("iterations", "minibatches", "signal_name", "stop_at"), [(1, 1, "SIGKILL", 3), (2, 2, "SIGTERM", 4)]
+    ("objective", "iterations", "minibatches", "signal_name", "stop_at"),
+    [("rloo", 1, 1, "SIGKILL", 3), ("rloo", 2, 2, "SIGTERM", 4), ("ppo", 1, 2, "SIGTERM", 2)],
 )
 def test_online_run_stopped_then_resumed_draws_the_same_samples_and_losses(
-    tmp_path: Path, tiny_dir: Path, iterations: int, minibatches: int, signal_name: str, stop_at: int
+    tmp_path: Path, tiny_dir: Path, objective: str, iterations: int, minibatches: int, signal_name: str, stop_at: int
 ):
-    """RLOO with one optimizer step per rollout, or four (2 passes of 2 minibatches): killed at step 3 (resumed
-    from step 2) or stopped by SIGTERM after the first rollout's four steps, the resumed run must draw what the
-    uninterrupted one drew and log the same numbers, rollout for rollout."""
+    """RLOO with one optimizer step per rollout, or four (2 passes of 2 minibatches), and PPO (its critic and
+    both parameter groups' optimizer state in the checkpoint): killed at step 3 (resumed from step 2) or stopped
+    by SIGTERM after a rollout, the resumed run must draw what the uninterrupted one drew and log the same
+    numbers, rollout for rollout."""
     from tests.conftest import write_jsonl
 
     prompts = [{"prompt": f"\n\nHuman: tell me about {w}\n\nAssistant:"} for w in "abcdefghijklmnop"]
     data = write_jsonl(tmp_path / "prompts.jsonl", prompts)
-    online = {"config": "configs/tiny/rloo.yaml"}
+    online = {"config": f"configs/tiny/{objective}.yaml"}
     options = (*ONLINE, "--model.num_iterations", str(iterations), "--model.num_minibatches", str(minibatches))
     options += ("--model.epsilon", "0.01")
     whole = _run(tmp_path, tiny_dir, data, "whole", *options, **online)
@@ -159,7 +161,7 @@ def test_online_run_stopped_then_resumed_draws_the_same_samples_and_losses(
     updates = iterations * minibatches
     assert sorted(got) == sorted(expected) == list(range(updates - 1, 8, updates))
     for step in expected:
-        for name in ("train/loss", "train/reward", "train/kl_k1", "train/clip_fraction"):
+        for name in ("train/loss", "train/reward", "train/kl_k1", "train/clip_fraction", "train/grad_norm"):
             assert float(got[step][name]) == pytest.approx(float(expected[step][name]), abs=1e-6), (step, name)
     samples = _samples_by_step(tmp_path / "tiny" / "stopped")
     assert samples == _samples_by_step(tmp_path / "tiny" / "whole")
