@@ -64,6 +64,7 @@ def main() -> None:
         max_completion_length=args.max_new_tokens,
         beta=0.05,
         generation_batch_size=args.prompts_per_step * args.k,
+        micro_batch_size=args.prompts_per_step if ppo else None,  # PPO's passes: as many rows as RLOO's prompts
         log_samples_every_n_steps=0,
         optimizer=partial(torch.optim.AdamW, lr=1e-5),
         lr_schedule="constant",

@@ -8,6 +8,7 @@ per rollout, at its last optimizer step. A checkpoint falls between rollouts, so
 from __future__ import annotations
 
 import warnings
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 import torch
@@ -24,6 +25,8 @@ from hhalign.training.sharding import sum_over_processes
 Forwards = dict[str, Tensor]
 """What the trained models give on a batch of samples: ``logps`` and ``mask`` ``(N, T)``, and for PPO ``values``."""
 Metrics = dict[str, tuple[Tensor, Tensor | None]]
+Pass = tuple[Rollout, Prepared, Forwards]
+"""One forward pass of an optimizer step: its share of the rollout, what was prepared for it, the models on it."""
 
 
 class OnlineModule(SamplingModule):
@@ -35,6 +38,10 @@ class OnlineModule(SamplingModule):
         num_minibatches: Optimizer steps per pass, each on a share of the rollout's prompts (all K samples of each).
         max_grad_norm: Clip each optimizer step's gradient to this global norm (TRL clips at 1.0); None: never.
             (Lightning's ``--trainer.gradient_clip_val`` does not apply: an online step steps by hand.)
+        micro_batch_size: Prompts (with their K samples) per forward and backward pass: an optimizer step sums
+            the gradients of its minibatch's passes, the rows of like length together, so its memory is that
+            of ``micro_batch_size`` prompts and its gradient the whole minibatch's (OpenRLHF's
+            ``micro_train_batch_size``). None: the whole minibatch in one pass.
     """
 
     def __init__(
@@ -44,10 +51,13 @@ class OnlineModule(SamplingModule):
         num_iterations: PositiveInt = 1,  # type: ignore[assignment]
         num_minibatches: PositiveInt = 1,  # type: ignore[assignment]
         max_grad_norm: PositiveFloat | None = 1.0,
+        micro_batch_size: PositiveInt | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(model_name_or_path, ref_model_name_or_path, **kwargs)
         self.automatic_optimization = False  # a step is a rollout and the optimizer steps taken on it
+        self._step_tokens: Tensor | None = None  # a step's real tokens per process, while it takes its passes
+        self._row_lengths = torch.zeros(0)  # each prompt's row length in the current rollout
 
     def setup(self, stage: str) -> None:
         super().setup(stage)
@@ -107,6 +117,11 @@ class OnlineModule(SamplingModule):
         """The loss of one optimizer step on (a minibatch of) the rollout, and what it reports."""
         raise NotImplementedError
 
+    def micro_share(self, part: Rollout, step: Rollout) -> float:
+        """The weight of a pass's loss in its optimizer step's, when the step takes several (``micro_batch_size``):
+        the loss is a mean over completions unless the objective says otherwise."""
+        return part.shape[0] / step.shape[0]
+
     def training_step(self, batch: PromptBatch, batch_idx: int) -> None:
         hp, step = self.hparams, self.trainer.global_step
         if len(batch.prompts) < hp.num_minibatches:
@@ -119,41 +134,99 @@ class OnlineModule(SamplingModule):
         self.last_rollout_seconds = dict(rollout.seconds)
         self._log_samples(rollout, step)
         outputs = []
-        if self.updates_per_rollout == 1:  # the sampling policy is the trained one: one forward serves both
+        one_pass = hp.micro_batch_size is None or hp.micro_batch_size >= rollout.shape[0]
+        if self.updates_per_rollout == 1 and one_pass:  # the sampling policy is the trained one: one forward
             current = self.forwards(rollout.batch)
             with torch.no_grad():
                 prepared, metrics = self.prepare(rollout, {k: v.detach() for k, v in current.items()})
-            outputs.append(self._update(self.update_outputs(rollout, prepared, current)))
+            outputs.append(self._update([(rollout, prepared, current)], rollout))
         else:
             with torch.no_grad():
-                prepared, metrics = self.prepare(rollout, self.forwards(rollout.batch))
-            k = hp.num_generations
+                prepared, metrics = self.prepare(rollout, self._sampled_forwards(rollout))
             for rows in minibatch_rows(rollout.shape[0], hp.num_iterations, hp.num_minibatches, seed):
-                part = rollout.select(rows, self.tokenizer.pad_token_id)
-                current = self.forwards(part.batch)
-                kept = select_prepared(prepared, rows, k, current["mask"].shape[1])
-                outputs.append(self._update(self.update_outputs(part, kept, current)))
+                outputs.append(self._update(self._passes(rollout, prepared, rows), self._select(rollout, rows)))
         for name in ("sampling", "scoring"):
             metrics[f"{name}_seconds"] = (torch.tensor([rollout.seconds[name]]), None)
-        for name in dict.fromkeys(name for out in outputs for name in out.metrics):  # over the rollout's steps
-            values = [out.metrics[name][0].detach().float().flatten() for out in outputs if name in out.metrics]
-            metrics[name] = (torch.cat(values), None)
+        metrics.update(self._joined(outputs))  # over the rollout's optimizer steps
         self.log_training_metrics(StepOutputs(outputs[-1].loss, metrics, rollout.shape[0]))
         self.log("train/skipped_batches", float(self.skipped_batches), on_step=True, on_epoch=False)
         # the logs' x axis is optimizer steps too: this rollout's row at its last one (Lightning counts batches)
         self.trainer.fit_loop.epoch_loop._batches_that_stepped = self.trainer.global_step - 1
 
-    def _update(self, out: StepOutputs) -> StepOutputs:
-        """One optimizer step on ``out.loss``: backward, the gradient's norm checked and clipped (in
-        ``on_before_optimizer_step``), the step and the learning-rate schedule's. A non-finite loss stops the
-        run or, with ``on_nonfinite skip``, steps on no gradient (every process agrees which)."""
+    def _micro_parts(self, rows: Tensor) -> list[Tensor]:
+        """``rows`` in passes of ``micro_batch_size`` prompts, by length, so that a pass pads little."""
+        size = self.hparams.micro_batch_size
+        if size is None or size >= len(rows):
+            return [rows]
+        return list(rows[torch.argsort(self._row_lengths[rows], stable=True)].split(size))
+
+    def _select(self, rollout: Rollout, rows: Tensor) -> Rollout:
+        return rollout.select(rows, self.tokenizer.pad_token_id)
+
+    def _sampled_forwards(self, rollout: Rollout) -> Forwards:
+        """The trained models over the whole rollout, no gradient, a pass of ``micro_batch_size`` prompts at a
+        time; per-token tensors padded to the rollout's widest completion, rows in the rollout's order."""
+        lengths = rollout.batch.completion_lengths
+        self._row_lengths = (rollout.batch.prompt_lengths + lengths.sum(1)).cpu()
+        parts = self._micro_parts(torch.arange(rollout.shape[0]))
+        if len(parts) == 1:
+            return self.forwards(rollout.batch)
+        k, width = self.hparams.num_generations, int(lengths.max())
+        pieces = [(part, self.forwards(self._select(rollout, part).batch)) for part in parts]
+        rows = (torch.cat([part for part, _ in pieces])[:, None] * k + torch.arange(k)).flatten()
+        out = {}
+        for name in pieces[0][1]:
+            values = [f[name] for _, f in pieces]
+            if values[0].dim() == 2:
+                values = [torch.nn.functional.pad(v, (0, width - v.shape[1])) for v in values]
+            stacked = torch.cat(values)
+            out[name] = torch.empty_like(stacked).index_copy_(0, rows.to(stacked.device), stacked)
+        return out
+
+    def _passes(self, rollout: Rollout, prepared: Prepared, rows: Tensor) -> Iterator[Pass]:
+        """The forward passes of one optimizer step on ``rows`` of the rollout (with grad), lazily."""
+        k = self.hparams.num_generations
+        for part_rows in self._micro_parts(rows):
+            part = self._select(rollout, part_rows)
+            current = self.forwards(part.batch)
+            yield part, select_prepared(prepared, part_rows, k, current["mask"].shape[1]), current
+
+    def _update(self, passes: Iterable[Pass], step: Rollout) -> StepOutputs:
+        """One optimizer step on the passes' summed losses, each weighted by its share of the step: backward
+        pass by pass, the gradient's norm checked and clipped (in ``on_before_optimizer_step``), the step and
+        the learning-rate schedule's. A non-finite loss stops the run or, with ``on_nonfinite skip``, steps on
+        no gradient (every process agrees which)."""
         optimizer, schedule = self.optimizers(), self.lr_schedulers()
         optimizer.zero_grad(set_to_none=True)
-        if self._finite_or_skip(out.loss, "loss"):
-            self.manual_backward(out.loss)
+        self._step_tokens = self.tokens_per_process(step.batch.completion_lengths)
+        outputs, finite = [], True
+        for part, prepared, current in passes:
+            out = self.update_outputs(part, prepared, current)
+            weight = self.micro_share(part, step) if part is not step else 1.0
+            outputs.append((out, weight))
+            if finite and self._finite_or_skip(out.loss, "loss"):
+                self.manual_backward(out.loss * weight)
+            elif finite:
+                finite = False
+                optimizer.zero_grad(set_to_none=True)
+        self._step_tokens = None
         optimizer.step()
         schedule.step()  # type: ignore[union-attr]
-        return out
+        if len(outputs) == 1:
+            return outputs[0][0]
+        loss = sum(out.loss.detach() * weight for out, weight in outputs)
+        metrics = self._joined([out for out, _ in outputs])
+        metrics["loss"] = (loss[None], None)
+        return StepOutputs(loss, metrics, step.shape[0])
+
+    @staticmethod
+    def _joined(outputs: list[StepOutputs]) -> Metrics:
+        """Each metric's values over several passes or steps (those that report it)."""
+        metrics = {}
+        for name in dict.fromkeys(name for out in outputs for name in out.metrics):
+            values = [out.metrics[name][0].detach().float().flatten() for out in outputs if name in out.metrics]
+            metrics[name] = (torch.cat(values), None)
+        return metrics
 
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
         super().on_before_optimizer_step(optimizer)  # the norm before clipping, logged; a non-finite one dropped
@@ -161,7 +234,10 @@ class OnlineModule(SamplingModule):
             torch.nn.utils.clip_grad_norm_(self.trainable_module().parameters(), self.hparams.max_grad_norm)
 
     def tokens_per_process(self, mask: Tensor) -> Tensor:
-        """The real tokens of every process's share of this optimizer step, over the process count."""
+        """The real tokens of every process's share of this optimizer step, over the process count (in a step
+        of several passes, the step's, so that their losses add up to the one-pass loss)."""
+        if self._step_tokens is not None:
+            return self._step_tokens
         total, processes = sum_over_processes(mask.float().sum())
         return total / processes
 

@@ -75,6 +75,11 @@ class OnlineDPOModule(OnlineModule):
         logps, mask = self.token_logps(self.trainable_module(), batch)
         return {"logps": logps, "mask": mask}
 
+    def micro_share(self, part: Rollout, step: Rollout) -> float:
+        """The loss is a mean over the untied pairs."""
+        untied = int((step.rewards[:, 0] != step.rewards[:, 1]).sum())
+        return int((part.rewards[:, 0] != part.rewards[:, 1]).sum()) / untied if untied else 1.0
+
     def update_outputs(self, rollout: Rollout, prepared: Prepared, current: Forwards) -> StepOutputs:
         hp = self.hparams
         logps, mask = current["logps"], current["mask"]

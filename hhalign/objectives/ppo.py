@@ -121,6 +121,9 @@ class PPOModule(OnlineModule):
         metrics["advantage_std"] = (advantages[mask].std(correction=0)[None], None)
         return prepared, metrics
 
+    def micro_share(self, part: Rollout, step: Rollout) -> float:
+        return 1.0  # both losses divide by the step's tokens (``dapo``)
+
     def update_outputs(self, rollout: Rollout, prepared: Prepared, current: Forwards) -> StepOutputs:
         hp = self.hparams
         logps, mask, values = current["logps"], current["mask"], current["values"]

@@ -96,6 +96,14 @@ class RLOOModule(OnlineModule):
         metrics["zero_advantage_share"] = (zero_advantage_share(rewards)[None], None)  # the rewards it reads
         return prepared, metrics
 
+    def micro_share(self, part: Rollout, step: Rollout) -> float:
+        """``dapo`` divides by the step's tokens already; ``bnpo`` is a mean over this process's tokens."""
+        if self.hparams.loss_type == "dapo":
+            return 1.0
+        if self.hparams.loss_type == "bnpo":
+            return float(part.batch.completion_lengths.sum() / step.batch.completion_lengths.sum())
+        return super().micro_share(part, step)
+
     def update_outputs(self, rollout: Rollout, prepared: Prepared, current: Forwards) -> StepOutputs:
         hp = self.hparams
         logps, mask = current["logps"], current["mask"]
