@@ -82,8 +82,8 @@ def run_online(args: Any, models: dict[str, Path], work: Path, run_worker: Any, 
 
 def _table(size: str, by_tool: dict[str, list[Any]], steps: int, p: int, k: int, t: int, prompt: int) -> list[str]:
     lines = [
-        f"\nonline RLOO (hhalign, trl) and PPO (hhalign-ppo: {p * k} prompts × 1, passes of {p}), {size}: {p} prompts × K = {k} a "
-        f"step, {t} new tokens each, prompts {prompt} tokens on average",
+        f"\nonline RLOO (hhalign, trl) and PPO (hhalign-ppo: {p * k} prompts × 1, passes of {p}), {size}: "
+        f"{p} prompts × K = {k} a step, {t} new tokens each, prompts {prompt} tokens on average",
         "| tool | s/step (median) | completions/s | sampling share | peak RSS MB |",
         "|---|---:|---:|---:|---:|",
     ]

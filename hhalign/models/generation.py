@@ -137,10 +137,12 @@ def sample_groups(
     pad_id: int,
     seed: int = 0,
     batch_size: int = 16,
+    synced: bool = False,
 ) -> list[list[Completion]]:
     """K completions of each prompt, ``[prompt][sample]``. Each prompt's prefill is computed once and its
     key/value cache repeated for its K samples (Hugging Face's ``generate`` would prefill every copy, also with
-    ``num_return_sequences``); the draws are those of K plain copies, the same tokens from the same seed."""
+    ``num_return_sequences``); the draws are those of K plain copies, the same tokens from the same seed.
+    ``synced``: every process decodes until all are done (under FSDP each token's forward is a collective)."""
     if k < 1:
         raise ValueError(f"need at least one completion per prompt (got {k})")
     device = next(model.parameters()).device
@@ -159,6 +161,7 @@ def sample_groups(
                     input_ids=ids.repeat_interleave(k, 0),
                     attention_mask=mask.repeat_interleave(k, 0),
                     generation_config=config,
+                    synced_gpus=synced,
                     **({} if cache is None else {"past_key_values": cache}),
                 )
                 new = generated[:, ids.shape[1] :].tolist()

@@ -20,7 +20,7 @@ from hhalign.errors import ConfigError
 from hhalign.objectives.outputs import StepOutputs
 from hhalign.objectives.rollouts import Prepared, Rollout, minibatch_rows, select_prepared
 from hhalign.objectives.sampling import SamplingModule
-from hhalign.training.sharding import sum_over_processes
+from hhalign.training.sharding import clip_global_norm, is_fsdp, sum_over_processes
 
 Forwards = dict[str, Tensor]
 """What the trained models give on a batch of samples: ``logps`` and ``mask`` ``(N, T)``, and for PPO ``values``."""
@@ -61,6 +61,9 @@ class OnlineModule(SamplingModule):
 
     def setup(self, stage: str) -> None:
         super().setup(stage)
+        # Under FSDP the backward must follow the wrapped forward's end (the root unit's weights are gathered for
+        # it and its backward hooks set at its end), so a rollout's one pass goes back to Lightning to step on
+        self.automatic_optimization = is_fsdp(self.trainer)
         max_steps, updates = self.trainer.max_steps, self.updates_per_rollout
         if stage == "fit" and max_steps > 0 and max_steps % updates:
             whole = max_steps + updates - max_steps % updates
@@ -92,6 +95,20 @@ class OnlineModule(SamplingModule):
             )
         return None
 
+    @classmethod
+    def sharding_refusal(cls, init_args: dict[str, Any], stage: str = "fit") -> str | None:
+        """Under FSDP the weights outside the wrapped layers are gathered once per training step (for its one
+        forward and backward) and released by the backward; a second pass in the step would read them sharded."""
+        passes = {name: init_args.get(name) for name in ("num_iterations", "num_minibatches", "micro_batch_size")}
+        several = {name: value for name, value in passes.items() if value not in (None, 1)}
+        if stage != "fit" or not several:
+            return super().sharding_refusal(init_args, stage)
+        name, value = next(iter(several.items()))
+        return (
+            f"--model.{name} {value}: under FSDP an online step is one forward and backward pass over its rollout; "
+            "leave num_iterations and num_minibatches at 1 and micro_batch_size unset, or use --trainer.strategy ddp"
+        )
+
     @property
     def updates_per_rollout(self) -> int:
         return self.hparams.num_iterations * self.hparams.num_minibatches
@@ -122,7 +139,7 @@ class OnlineModule(SamplingModule):
         the loss is a mean over completions unless the objective says otherwise."""
         return part.shape[0] / step.shape[0]
 
-    def training_step(self, batch: PromptBatch, batch_idx: int) -> None:
+    def training_step(self, batch: PromptBatch, batch_idx: int) -> Tensor | None:
         hp, step = self.hparams, self.trainer.global_step
         if len(batch.prompts) < hp.num_minibatches:
             raise ConfigError(
@@ -148,10 +165,17 @@ class OnlineModule(SamplingModule):
         for name in ("sampling", "scoring"):
             metrics[f"{name}_seconds"] = (torch.tensor([rollout.seconds[name]]), None)
         metrics.update(self._joined(outputs))  # over the rollout's optimizer steps
+        if self.automatic_optimization:  # one pass: Lightning takes the backward and the step
+            finite = self._finite_or_skip(outputs[-1].loss, "loss")
+            self.log("train/skipped_batches", float(self.skipped_batches), on_step=True, on_epoch=False)
+            if finite:
+                self.log_training_metrics(StepOutputs(outputs[-1].loss, metrics, rollout.shape[0]))
+            return outputs[-1].loss if finite else None
         self.log_training_metrics(StepOutputs(outputs[-1].loss, metrics, rollout.shape[0]))
         self.log("train/skipped_batches", float(self.skipped_batches), on_step=True, on_epoch=False)
         # the logs' x axis is optimizer steps too: this rollout's row at its last one (Lightning counts batches)
         self.trainer.fit_loop.epoch_loop._batches_that_stepped = self.trainer.global_step - 1
+        return None
 
     def _micro_parts(self, rows: Tensor) -> list[Tensor]:
         """``rows`` in passes of ``micro_batch_size`` prompts, by length, so that a pass pads little."""
@@ -196,6 +220,9 @@ class OnlineModule(SamplingModule):
         pass by pass, the gradient's norm checked and clipped (in ``on_before_optimizer_step``), the step and
         the learning-rate schedule's. A non-finite loss stops the run or, with ``on_nonfinite skip``, steps on
         no gradient (every process agrees which)."""
+        if self.automatic_optimization:  # under FSDP: the one pass, stepped by Lightning
+            ((part, prepared, current),) = passes
+            return self.update_outputs(part, prepared, current)
         optimizer, schedule = self.optimizers(), self.lr_schedulers()
         optimizer.zero_grad(set_to_none=True)
         self._step_tokens = self.tokens_per_process(step.batch.completion_lengths)
@@ -231,7 +258,7 @@ class OnlineModule(SamplingModule):
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
         super().on_before_optimizer_step(optimizer)  # the norm before clipping, logged; a non-finite one dropped
         if self.hparams.max_grad_norm is not None:
-            torch.nn.utils.clip_grad_norm_(self.trainable_module().parameters(), self.hparams.max_grad_norm)
+            clip_global_norm(self.trainable_module().parameters(), self.hparams.max_grad_norm, self._trainer)
 
     def tokens_per_process(self, mask: Tensor) -> Tensor:
         """The real tokens of every process's share of this optimizer step, over the process count (in a step

@@ -21,6 +21,7 @@ from hhalign.models.loading import load_model
 from hhalign.objectives.online import Forwards, Metrics, OnlineModule, Rollout
 from hhalign.objectives.outputs import StepOutputs
 from hhalign.objectives.rollouts import Prepared
+from hhalign.training.sharding import clip_global_norm
 
 __all__ = ["PPOModule"]
 
@@ -83,11 +84,17 @@ class PPOModule(OnlineModule):
             return
         super().configure_model()
         hp = self.hparams
-        path = hp.critic_model_name_or_path or hp.reward_model or hp.model_name_or_path
+        path = self.critic_start
         self.critic = load_model(path, head="reward", **self.load_kwargs()).train()
         stats = read_reward_stats(path) if hp.normalize_reward else {}
         if stats.get("std"):  # the reward model's own scale, as the rewards are put on it
             self._value_scale = (stats["mean"], stats["std"])
+
+    @property
+    def critic_start(self) -> str:
+        """The folder the critic's weights start from (and its export rebuilds it over)."""
+        hp = self.hparams
+        return hp.critic_model_name_or_path or hp.reward_model or hp.model_name_or_path
 
     def optimizer_parameters(self) -> Any:
         assert self.critic is not None
@@ -148,10 +155,8 @@ class PPOModule(OnlineModule):
         the critic warms up the policy's gradient is dropped, so AdamW leaves it as it is."""
         super().on_before_optimizer_step(optimizer)
         assert self.critic is not None
-        critic = [p for p in self.critic.parameters() if p.grad is not None]
         limit = self.hparams.max_grad_norm or float("inf")
-        if critic:
-            norm = torch.nn.utils.clip_grad_norm_(critic, limit)
+        if (norm := clip_global_norm(self.critic.parameters(), limit, self._trainer)) is not None:
             self.log("train/critic_grad_norm", norm, on_step=True, on_epoch=False)
         if self.trainer.global_step < self.hparams.critic_warmup_steps:
             for p in self.trainable_module().parameters():

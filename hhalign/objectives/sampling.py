@@ -29,6 +29,7 @@ from hhalign.objectives.sample_log import sample_rows, write_samples
 from hhalign.rewards.functions import load_reward_function
 from hhalign.rewards.model import RewardModel, check_same_tokenizer
 from hhalign.rewards.terms import Rewards
+from hhalign.training.sharding import is_fsdp
 
 VALIDATION_SEED_OFFSET = 1 << 40
 """Validation draws from seeds of their own, the same at every validation, so its curve compares like with like."""
@@ -138,13 +139,6 @@ class SamplingModule(PolicyModule):
             model, self.reward_terms, hp.reward_weights, hp.missing_eos_penalty, hp.normalize_reward, hp.reward_clip
         )
 
-    @classmethod
-    def sharding_refusal(cls, init_args: dict[str, Any], stage: str = "fit") -> str | None:
-        return (
-            "the online objectives sample with generate(), which needs the whole policy on each process; "
-            "use --trainer.strategy ddp (FSDP is for the offline objectives)"
-        )
-
     def on_fit_start(self) -> None:
         super().on_fit_start()
         self._rewards_to_device()
@@ -175,8 +169,9 @@ class SamplingModule(PolicyModule):
         tokenizer, policy = self.tokenizer, self.trainable_module()
         stop_id = tokenizer.eos_token_id
         groups = sample_groups(
-            policy, prompts, k, self.sampling, stop_id, tokenizer.pad_token_id, seed, self.hparams.generation_batch_size
-        )
+            policy, prompts, k, self.sampling, stop_id, tokenizer.pad_token_id, seed,
+            self.hparams.generation_batch_size, synced=is_fsdp(self._trainer),
+        )  # fmt: skip
         sampled = time.perf_counter()
         assert self.rewards is not None
         rewards, terms = self.rewards.score(prompts, groups, stop_id, self.decode, columns)

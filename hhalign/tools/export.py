@@ -131,6 +131,9 @@ class ExportAtFitEnd(Callback):
 
     def on_fit_end(self, trainer: L.Trainer, pl_module: Any) -> None:
         model = model_on_one_process(trainer, pl_module)  # under FSDP, gathered whole on rank 0: every rank joins
+        critic = None
+        if getattr(pl_module, "critic", None) is not None:  # PPO's value model, exported beside the policy
+            critic = model_on_one_process(trainer, pl_module, "critic", pl_module.critic_start, "reward")
         if not trainer.is_global_zero or model is None:
             return
         out = Path(self.dirpath or Path(trainer.default_root_dir) / "export")
@@ -147,8 +150,7 @@ class ExportAtFitEnd(Callback):
         tokenizer = load_tokenizer(hp.model_name_or_path, hp.trust_remote_code)
         export_model(merged(model), tokenizer, out, info)  # LoRA adapters merged
         pl_module.print(f"exported the trained model to {out}")
-        critic = getattr(pl_module, "critic", None)
-        if critic is not None:  # PPO's value model, beside the policy: a scalar head, read as a reward model is
+        if critic is not None:  # a scalar head, read as a reward model is
             export_model(critic, tokenizer, out / "critic", {**info, "head": "reward", "role": "critic"})
             pl_module.print(f"exported the critic to {out / 'critic'}")
 

@@ -8,6 +8,7 @@ where this code does not look for them (README, Multi-GPU).
 from __future__ import annotations
 
 import importlib
+from collections.abc import Iterable
 from typing import Any
 
 import lightning as L
@@ -112,6 +113,18 @@ def gradient_norm(grads: list[Tensor], trainer: L.Trainer | None) -> Tensor | No
     return trainer.strategy.reduce(squared, reduce_op="sum").sqrt()
 
 
+def clip_global_norm(parameters: Iterable[Tensor], max_norm: float, trainer: L.Trainer | None) -> Tensor | None:
+    """Scale the gradients of ``parameters`` to a global norm of at most ``max_norm``, as
+    ``torch.nn.utils.clip_grad_norm_`` does, but with the norm of every process's shards under FSDP (every
+    process must call this); the norm before clipping, or None without gradients."""
+    grads = [p.grad for p in parameters if p.grad is not None]
+    norm = gradient_norm(grads, trainer)
+    if norm is not None and grads:
+        scale = (max_norm / (norm + 1e-6)).clamp(max=1.0)
+        torch._foreach_mul_(grads, scale.to(grads[0].device))
+    return norm
+
+
 def clip_sharded(trainer: L.Trainer, max_norm: float) -> bool:
     """Clip the global gradient norm through FSDP's own ``clip_grad_norm_`` (a collective; Lightning's FSDP
     precision plugin refuses norm clipping because it has no handle on the root module). False when not FSDP."""
@@ -141,17 +154,21 @@ def full_state_dict(trainer: L.Trainer, prefix: str) -> dict[str, Tensor] | None
     return {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
 
 
-def model_on_one_process(trainer: L.Trainer, pl_module: Any) -> nn.Module | None:
+def model_on_one_process(
+    trainer: L.Trainer, pl_module: Any, attribute: str | None = None, base: str | None = None, head: str | None = None
+) -> nn.Module | None:
     """The trained model, whole: the module's own without FSDP (on every process), else a copy rebuilt on rank 0
-    from the gathered weights (None on the other ranks). Every process must call it."""
+    from the gathered weights (None on the other ranks). Every process must call it. By default the trained
+    model; another (PPO's critic) by its ``attribute``, the folder it started from and its head (no adapters)."""
     if not is_fsdp(trainer):
-        return pl_module.trainable_module()
-    state = full_state_dict(trainer, f"{pl_module.trained_attribute}.")
+        return pl_module.trainable_module() if attribute is None else getattr(pl_module, attribute)
+    state = full_state_dict(trainer, f"{attribute or pl_module.trained_attribute}.")
     if state is None:
         return None
-    hp = dict(pl_module.hparams)
+    hp = dict(pl_module.hparams) if attribute is None else {}
+    head = head or pl_module.head
     trained = TrainedWeights(
-        "the fit's sharded weights", type(pl_module).__name__, hp["model_name_or_path"], pl_module.head,
+        "the fit's sharded weights", type(pl_module).__name__, base or hp["model_name_or_path"], head,
         trainer.global_step, state, hp, {},
     )  # fmt: skip
-    return model_from_trained(trained, pl_module.head, **pl_module.load_kwargs())
+    return model_from_trained(trained, head, **pl_module.load_kwargs())

@@ -121,13 +121,14 @@ def test_lightnings_fsdp_on_the_cpu(tmp_path: Path, tiny_dir: Path, small_jsonl:
     assert "--trainer.strategy fsdp runs on GPUs only" in message and "ddp" in message
 
 
-def test_an_online_objective_under_fsdp_is_refused_before_anything_loads(tmp_path: Path, small_jsonl: Path):
+def test_several_passes_a_rollout_under_fsdp_are_refused_before_anything_loads(tmp_path: Path, small_jsonl: Path):
     """The model path does not exist: the refusal must come first, before the model (or the data) is read."""
     from tests.sharded import fsdp_overlay
 
-    fsdp = ("--config", str(fsdp_overlay(tmp_path)))
+    fsdp = ("--config", str(fsdp_overlay(tmp_path)), "--model.num_minibatches", "2")
     message = _fit(tmp_path, tmp_path / "no-model", small_jsonl, *fsdp, config="configs/tiny/rloo.yaml")
-    assert "the online objectives sample with generate()" in message and "--trainer.strategy ddp" in message
+    assert message.startswith("hhalign: error: --model.num_minibatches 2: under FSDP an online step is one")
+    assert "--trainer.strategy ddp" in message
 
 
 @pytest.mark.parametrize("name", ["../..", "a/b", ".."])
