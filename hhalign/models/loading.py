@@ -100,14 +100,15 @@ def expected_fresh_head(reward: bool) -> Iterator[None]:
         logger.removeFilter(quiet)
 
 
-def model_from_trained(trained: TrainedWeights, head: str = "causal_lm", **options: Any) -> Any:
-    """The model a checkpoint's run started from (``load_model`` options), with the trained weights over it."""
+def model_from_trained(trained: TrainedWeights, head: str = "causal_lm", merge: bool = True, **options: Any) -> Any:
+    """The model a checkpoint's run started from (``load_model`` options), with the trained weights over it;
+    LoRA adapters merged into it unless ``merge`` is off (then the peft model, adapters apart)."""
     model = load_model(trained.base, head=head, **options)
     if trained.hparams.get("lora_rank", 0) > 0:  # adapters: load them over the base, then merge
         hp = trained.hparams
         model = with_lora(model, hp["lora_rank"], hp.get("lora_alpha", 16.0), hp.get("lora_target_modules"))
         load_trained(model, trained, head)
-        return model.merge_and_unload()
+        return model.merge_and_unload() if merge else model
     load_trained(model, trained, head)
     return model
 

@@ -18,6 +18,7 @@ from hhalign.errors import UserError
 from hhalign.models.generation import Sampling
 from hhalign.models.loading import load_model, load_tokenizer
 from hhalign.options import ToolParser
+from hhalign.tools.describe import CHAT_TEMPLATE_HELP, on_or_off, trained_chat_template
 from hhalign.tools.judging import RESULTS_FILE, Evaluation, Judge, check_reward_model, choose_prompts, evaluate
 from hhalign.tools.judging import format_results as format_results
 from hhalign.training.sharding import is_fsdp, model_on_one_process
@@ -142,9 +143,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"])
     parser.add_argument("--max_length", type=int, help="with --data: prompt + reply tokens (the run's, or 512)")
     parser.add_argument("--max_response_length", type=int, help="with --data: reply tokens (the run's)")
-    parser.add_argument(
-        "--chat_template", action="store_true", help="with --data: the tokenizer's chat template (on if the run's)"
-    )
+    chat_help = f"with --data: {CHAT_TEMPLATE_HELP}"
+    parser.add_argument("--chat_template", nargs="?", const=True, type=on_or_off, help=chat_help)
     args = parser.parse_args(argv)
     if not args.run and not (args.policy and args.reference and args.data and args.out):
         parser.error("give a run directory, or --policy, --reference, --data and --out")
@@ -165,7 +165,8 @@ def main(argv: list[str] | None = None) -> None:
     if args.data:  # formatted as the run's training was, unless told otherwise
         data = (run or {}).get("data", {})
         max_length = args.max_length or data.get("max_length") or 512
-        chat = args.chat_template or bool(data.get("chat_template"))
+        recorded = bool(data["chat_template"]) if "chat_template" in data else trained_chat_template(policy_path)
+        chat = args.chat_template if args.chat_template is not None else bool(recorded)
         pairs = pairs_from_file(
             args.data, tokenizer, max_length, args.max_response_length or data.get("max_response_length"), chat
         )

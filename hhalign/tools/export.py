@@ -13,9 +13,18 @@ import lightning as L
 from lightning.pytorch.callbacks import Callback
 from torch import nn
 
-from hhalign.checkpoint_files import EXPORT_INFO, read_trained_weights
+from hhalign.checkpoint_files import EXPORT_INFO, read_checkpoint, read_trained_weights
+from hhalign.errors import UserError
 from hhalign.models.loading import load_tokenizer, merged, model_from_trained
 from hhalign.options import ToolParser
+from hhalign.tools.describe import (
+    CARD,
+    describe_training,
+    model_card,
+    readable_by_the_user,
+    trained_chat_template,
+    training_section,
+)
 from hhalign.training.sharding import model_on_one_process
 
 
@@ -31,10 +40,13 @@ def export_model(model: nn.Module, tokenizer: Any, out: str | Path, info: dict[s
     if info.get("head") == "reward":
         tokenizer = copy.deepcopy(tokenizer)
         info = {**info, "reading": readable_reward_model(model, tokenizer)}
-        (out / "README.md").write_text(reward_card(info["reading"]))
+        (out / CARD).write_text(reward_card(info["reading"]) + training_section(info))
+    else:
+        (out / CARD).write_text(model_card(info))
     model.save_pretrained(out, safe_serialization=True)
     tokenizer.save_pretrained(out)
     (out / EXPORT_INFO).write_text(json.dumps(info, indent=2) + "\n")
+    readable_by_the_user(out)
     return out
 
 
@@ -112,14 +124,46 @@ standard deviation.
 """
 
 
-def export_checkpoint(ckpt: str, out: str) -> Path:
-    """Export the trained model of an hhalign checkpoint."""
+def export_adapters(model: nn.Module, tokenizer: Any, out: str | Path, info: dict[str, Any]) -> Path:
+    """Write a LoRA run's adapters alone, in peft's format (``PeftModel.from_pretrained(base, out)`` reads them
+    over the base the run started from), with the tokenizer and ``hhalign_export.json``."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(out, safe_serialization=True)
+    tokenizer.save_pretrained(out)
+    (out / EXPORT_INFO).write_text(json.dumps({**info, "format": "peft adapters"}, indent=2) + "\n")
+    readable_by_the_user(out)
+    return out
+
+
+def export_checkpoint(ckpt: str, out: str, adapters_only: bool = False) -> Path:
+    """Export the trained model of an hhalign checkpoint (a LoRA run's adapters alone with ``adapters_only``)."""
     trained = read_trained_weights(ckpt)
-    model = model_from_trained(trained, trained.head)
+    lora = trained.hparams.get("lora_rank", 0) > 0
+    if adapters_only and not lora:
+        raise UserError(f"--adapters_only: {ckpt} is not a LoRA run (no --model.lora_rank); export it whole")
+    model = model_from_trained(trained, trained.head, merge=not adapters_only)
     info = {"source": str(ckpt), "module": trained.module, "base": trained.base, "head": trained.head}
     if trained.reward_stats:
         info["reward_stats"] = trained.reward_stats
-    return export_model(model, load_tokenizer(trained.base), out, {**info, "step": trained.step})
+    data = dict(read_checkpoint(ckpt, mmap=True).get("datamodule_hyper_parameters") or {})
+    tokenizer = load_tokenizer(trained.base)
+    chat = _with_the_runs_template(tokenizer, data.get("chat_template", False))
+    if (recorded := trained_chat_template(ckpt)) is not None:
+        chat = chat or recorded
+    described = describe_training(trained.module, trained.hparams, data, chat, tokenizer, trained.step)
+    write = export_adapters if adapters_only else export_model
+    return write(model, tokenizer, out, {**info, "step": trained.step, **described})
+
+
+def _with_the_runs_template(tokenizer: Any, option: bool | str) -> bool:
+    """Put a run's own template (``--data.chat_template TEMPLATE``) into the tokenizer its export carries;
+    whether the option asks for a chat template."""
+    if isinstance(option, str):
+        from hhalign.data.templates import template_for
+
+        template_for(tokenizer, option, None)
+    return bool(option)
 
 
 class ExportAtFitEnd(Callback):
@@ -148,8 +192,18 @@ class ExportAtFitEnd(Callback):
         if getattr(pl_module, "reward_stats", None):
             info["reward_stats"] = pl_module.reward_stats  # from the last validation: normalise scores with it
         tokenizer = load_tokenizer(hp.model_name_or_path, hp.trust_remote_code)
+        datamodule = getattr(trainer, "datamodule", None)
+        data = dict(getattr(datamodule, "hparams", {}) or {})
+        chat = _with_the_runs_template(tokenizer, data.get("chat_template", False))
+        chat = bool(getattr(datamodule, "summary", {}).get("chat_template", chat))  # conversational records too
+        info |= describe_training(
+            type(pl_module).__name__, dict(hp), data, chat, tokenizer, trainer.global_step, trainer.callback_metrics
+        )
         export_model(merged(model), tokenizer, out, info)  # LoRA adapters merged
         pl_module.print(f"exported the trained model to {out}")
+        if hasattr(model, "merge_and_unload"):  # and, for a LoRA run, the adapters alone beside it
+            export_adapters(model, tokenizer, out / "adapter", info)
+            pl_module.print(f"exported the LoRA adapters to {out / 'adapter'}")
         if critic is not None:  # a scalar head, read as a reward model is
             export_model(critic, tokenizer, out / "critic", {**info, "head": "reward", "role": "critic"})
             pl_module.print(f"exported the critic to {out / 'critic'}")
@@ -161,5 +215,8 @@ def main(argv: list[str] | None = None) -> None:
         "--ckpt", required=True, help="a .ckpt written by `hhalign fit` (or an FSDP run's .ckpt folder)"
     )
     parser.add_argument("--out", required=True, help="folder to write the Hugging Face model into")
+    parser.add_argument(
+        "--adapters_only", action="store_true", help="a LoRA run: its adapters alone, in peft's format (else merged)"
+    )
     args = parser.parse_args(argv)
-    print(f"exported {args.ckpt} to {export_checkpoint(args.ckpt, args.out)}")
+    print(f"exported {args.ckpt} to {export_checkpoint(args.ckpt, args.out, args.adapters_only)}")

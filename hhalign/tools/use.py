@@ -18,6 +18,7 @@ from hhalign.models.loading import load_model, load_tokenizer
 from hhalign.objectives.reward import RewardModule
 from hhalign.options import ToolParser
 from hhalign.rewards.model import check_reward_model
+from hhalign.tools.describe import CHAT_TEMPLATE_HELP, chat_template_for, on_or_off
 
 
 def as_prompt(text: str) -> str:
@@ -70,11 +71,12 @@ def score(argv: list[str] | None = None) -> None:
     parser.add_argument("--response", action="append", default=[], help="a response to score (repeatable)")
     parser.add_argument("--pairs", help="JSONL of pairs (hh-rlhf or prompt/chosen/rejected): prints accuracy")
     parser.add_argument("--max_length", type=int, default=2048)
-    parser.add_argument("--chat_template", action="store_true", help="render through the tokenizer's chat template")
+    parser.add_argument("--chat_template", nargs="?", const=True, type=on_or_off, help=CHAT_TEMPLATE_HELP)
     args = parser.parse_args(argv)
     if bool(args.pairs) == bool(args.prompt and args.response):
         parser.error("give --pairs FILE, or --prompt and at least one --response")
     check_reward_model(args.model, "--model")  # a policy would load with a random score head: made-up rewards
+    args.chat_template = chat_template_for(args.chat_template, args.model)
     tokenizer = load_tokenizer(args.model)
     module = RewardModule(args.model)
     module.configure_model()
@@ -117,9 +119,10 @@ def generate(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--top_p", type=float, default=defaults.top_p)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--chat_template", action="store_true", help="render through the tokenizer's chat template")
+    parser.add_argument("--chat_template", nargs="?", const=True, type=on_or_off, help=CHAT_TEMPLATE_HELP)
     args = parser.parse_args(argv)
     model = load_model(args.model).eval()
     tokenizer = load_tokenizer(args.model)
     sampling = Sampling(args.max_new_tokens, args.temperature, args.top_p)
-    print(generate_reply(model, tokenizer, args.prompt, sampling, args.seed, args.chat_template))
+    chat = chat_template_for(args.chat_template, args.model)
+    print(generate_reply(model, tokenizer, args.prompt, sampling, args.seed, chat))

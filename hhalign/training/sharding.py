@@ -171,4 +171,4 @@ def model_on_one_process(
         "the fit's sharded weights", type(pl_module).__name__, base or hp["model_name_or_path"], head,
         trainer.global_step, state, hp, {},
     )  # fmt: skip
-    return model_from_trained(trained, head, **pl_module.load_kwargs())
+    return model_from_trained(trained, head, merge=False, **pl_module.load_kwargs())  # the export merges a copy

@@ -88,4 +88,33 @@ def test_a_policy_export_keeps_its_tokenizer_as_it_was(tmp_path: Path, tiny_dir:
     tokenizer = load_tokenizer(str(tiny_dir))
     out = export_model(load_model(str(tiny_dir)), tokenizer, tmp_path / "lm", {"head": "causal_lm"})
     again = AutoTokenizer.from_pretrained(out)
-    assert again.pad_token_id == again.eos_token_id and not (out / "README.md").exists()
+    assert again.pad_token_id == again.eos_token_id
+    assert "AutoModelForCausalLM" in (out / "README.md").read_text()  # every export has a card
+
+
+def test_lora_adapters_export_alone_and_read_back_over_the_base_with_peft(tmp_path: Path, tiny_dir: Path):
+    """The adapters in peft's format (a few kilobytes beside the base's weights) give the trained model's logits
+    when peft loads them over the base; the merged export gives the same."""
+    from peft import PeftModel
+
+    from hhalign.models.loading import load_model, load_tokenizer, merged, with_lora
+    from hhalign.tools.export import export_adapters
+
+    torch.manual_seed(0)
+    trained = with_lora(load_model(str(tiny_dir)), 4, 16.0, None)
+    with torch.no_grad():
+        for name, p in trained.named_parameters():
+            if "lora_B" in name:
+                p.add_(torch.randn_like(p) * 0.1)  # adapters that change the model
+    tokenizer = load_tokenizer(str(tiny_dir))
+    out = export_adapters(trained, tokenizer, tmp_path / "adapter", {"head": "causal_lm"})
+    assert {"adapter_config.json", "adapter_model.safetensors"} <= {p.name for p in out.iterdir()}
+    assert (out / "adapter_model.safetensors").stat().st_size < (tiny_dir / "model.safetensors").stat().st_size / 4
+    ids = torch.tensor([tokenizer.encode("\n\nHuman: hi\n\nAssistant: hello")])
+    read_back = PeftModel.from_pretrained(load_model(str(tiny_dir)), out).eval()
+    plain = export_model(merged(trained), tokenizer, tmp_path / "merged", {"head": "causal_lm"})
+    with torch.no_grad():
+        expected = trained.eval()(input_ids=ids).logits
+        torch.testing.assert_close(read_back(input_ids=ids).logits, expected, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(load_model(str(plain))(input_ids=ids).logits, expected, rtol=1e-5, atol=1e-4)
+    assert not torch.allclose(load_model(str(tiny_dir))(input_ids=ids).logits, expected, atol=1e-3)

@@ -201,6 +201,12 @@ def test_fsdp_lora_fits_exports_merged_adapters_and_validates_its_sharded_checkp
     assert sorted(at_fit_end) == sorted(from_folder) == sorted(start)  # adapters merged into a plain model
     assert all(torch.equal(at_fit_end[k], from_folder[k]) for k in start)
     assert any(not torch.equal(at_fit_end[k], start[k]) for k in start)
+    _ok(run_cli(["export", "--ckpt", str(run / "checkpoints" / "step=2.ckpt"), "--out", str(tmp_path / "adapters"),
+                 "--adapters_only"]))  # fmt: skip
+    for adapters in (run / "export" / "adapter", tmp_path / "adapters"):  # at fit end, gathered; and from the folder
+        weights = load_file(adapters / "adapter_model.safetensors")
+        assert weights and all("lora_" in k for k in weights), adapters
+    assert json.loads((tmp_path / "adapters" / "adapter_config.json").read_text())["r"] == 4
     folder = str(run / "checkpoints" / "step=2.ckpt")
     validate = tiny_args("validate", "configs/tiny/dpo.yaml", tiny_dir, small_jsonl, tmp_path, *fsdp, *lora, *UNEVEN,
                          "--trial_name", "validate", "--ckpt_path", folder)  # fmt: skip
