@@ -58,18 +58,22 @@ def read_checkpoint(path: Any, map_location: Any = None, weights_only: bool | No
         return read_sharded_checkpoint(Path(path))
     if not Path(path).is_file():
         raise CheckpointError(
-            f"checkpoint {path} does not exist; give a .ckpt file written by hhalign, or "
-            "--ckpt_path last to resume the run directory's latest checkpoint"
+            f"checkpoint {path} does not exist; give a .ckpt file written by `hhalign fit` (in a run's "
+            "checkpoints/ folder)"
         )
     safe = True if weights_only is None else weights_only
     try:
         checkpoint = torch.load(path, map_location=map_location or "cpu", weights_only=safe, mmap=mmap)
     except Exception as err:  # torch raises pickle, zip, EOF and runtime errors for a bad file
-        hint = " If you trust its source and it holds custom objects, pass --weights_only false." if safe else ""
         first_line = (str(err).splitlines() or [""])[0][:200]
+        if safe and "Weights only load failed" in str(err):  # a checkpoint, with objects safe loading refuses
+            raise CheckpointError(
+                f"checkpoint {path} holds Python objects that safe loading refuses ({first_line}); hhalign "
+                "writes none, so it was written by another tool: hhalign does not unpickle it"
+            ) from None
         raise CheckpointError(
-            f"checkpoint {path} could not be read ({type(err).__name__}: {first_line}). "
-            f"It may be truncated or not a Lightning checkpoint.{hint}"
+            f"checkpoint {path} could not be read ({type(err).__name__}: {first_line}); it is truncated or not "
+            "a checkpoint: give a .ckpt file written by `hhalign fit`"
         ) from None
     if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint or "global_step" not in checkpoint:
         raise CheckpointError(f"{path} is not a Lightning checkpoint written by hhalign (no state_dict/global_step)")

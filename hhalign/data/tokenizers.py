@@ -13,12 +13,16 @@ from hhalign.data.sources import missing_local_path
 from hhalign.errors import ModelLoadError
 
 
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json", "spiece.model")
+"""A folder with none of these has no tokenizer (the library would blame a missing sentencepiece or tiktoken)."""
+
+
 def how_to_make(name_or_path: str) -> str:
     """The command that writes a missing model folder of the kinds hhalign's own steps write."""
     path = name_or_path.rstrip("/")
     if "smollm2" in path and path.startswith("artifacts/"):
         return f"build it with `make model` (hhalign get-model smollm2-135m-instruct --out {path})"
-    if path.startswith("artifacts/"):
+    if path.startswith("artifacts/") and "tiny" in Path(path).name:
         return f"build it with `hhalign make-tiny --out {path}`, or `make demo-tiny`"
     parts = Path(path).parts
     if path.endswith("/export") and len(parts) >= 3:
@@ -43,6 +47,12 @@ def load_tokenizer(name_or_path: str, trust_remote_code: bool = False) -> Any:
     check_exists(name_or_path, "tokenizer")
     if is_checkpoint_file(name_or_path):
         return load_tokenizer(read_trained_weights(name_or_path).base, trust_remote_code)
+    folder = Path(name_or_path)
+    if folder.is_dir() and not any((folder / name).is_file() for name in TOKENIZER_FILES):
+        raise ModelLoadError(
+            f"{name_or_path!r} holds no tokenizer files ({', '.join(TOKENIZER_FILES[:2])}, …); give a folder written "
+            "by save_pretrained with its tokenizer, or save the tokenizer into it (tokenizer.save_pretrained)"
+        )
     try:
         tokenizer = AutoTokenizer.from_pretrained(name_or_path, trust_remote_code=trust_remote_code)
     except (OSError, ValueError) as err:

@@ -198,6 +198,7 @@ def test_missing_model_path_is_a_clear_error(tmp_path: Path, small_jsonl: Path):
         ("artifacts/smollm2-135m-instruct", "make model"),
         ("outputs/tiny/sft/export", "hhalign fit --config configs/tiny/sft.yaml"),
         ("artifacts/tiny", "hhalign make-tiny --out artifacts/tiny"),
+        ("artifacts/nope", "a folder written by save_pretrained"),  # not the tiny model: no make-tiny to build it
     ],
 )
 def test_a_missing_model_folder_names_the_command_that_makes_it(tmp_path: Path, path: str, command: str):
@@ -213,6 +214,7 @@ def test_a_missing_model_folder_names_the_command_that_makes_it(tmp_path: Path, 
         os.chdir(here)
     message = str(exited.value.code)
     assert message.count("\n") == 0 and f"'{path}' does not exist" in message and command in message
+    assert ("make-tiny --out" in message) == (path == "artifacts/tiny")
 
 
 def test_an_earlier_run_is_not_overwritten(tmp_path: Path, small_jsonl: Path):
