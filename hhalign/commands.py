@@ -7,9 +7,6 @@ import importlib
 import inspect
 import pkgutil
 
-from hhalign.data.datamodule import PreferenceDataModule
-from hhalign.objectives.base import AlignmentModule
-
 TRAINER_COMMANDS = {
     "fit": "train an objective: SFT, DPO and its family, KTO, a reward model, RLOO / GRPO, online DPO",
     "validate": "the validation metrics of a checkpoint, on its data or on other data (--data.val_path)",
@@ -17,7 +14,7 @@ TRAINER_COMMANDS = {
 }
 """The Trainer methods the command runs (``predict`` is not one: ``score`` and ``generate`` do that work)."""
 TOOLS = {
-    "data": ("hhalign.cli:data_main", "data inspect: a run's data read and tokenized, without training"),
+    "data": ("hhalign.trainer_cli:data_main", "data inspect: a run's data read and tokenized, without training"),
     "evaluate": ("hhalign.tools.evaluate:main", "sample policy and reference, judge them by a reward model, KL"),
     "export": ("hhalign.tools.export:main", "a checkpoint as a Hugging Face folder (safetensors)"),
     "score": ("hhalign.tools.use:score", "rewards of replies, or of a file's pairs, from a reward model"),
@@ -49,6 +46,9 @@ def known_options() -> list[str]:
     """Every option the training commands take, for "did you mean": the top-level ones, the data module's, each
     objective's and the Trainer's, as ``--group.name``."""
     from lightning import Trainer
+
+    from hhalign.data.datamodule import PreferenceDataModule
+    from hhalign.objectives.base import AlignmentModule
 
     def parameters(cls: type) -> set[str]:
         return {n for n in inspect.signature(cls.__init__).parameters if n not in ("self", "args", "kwargs")}

@@ -17,7 +17,7 @@ LAYERS = [
     {"training"},
     {"objectives"},
     {"tools"},
-    {"commands", "cli", "__init__", "__main__"},
+    {"commands", "cli", "trainer_cli", "__init__", "__main__"},
 ]
 """Bottom first; the same order as docs/architecture.md."""
 RANK = {name: level for level, names in enumerate(LAYERS) for name in names}

@@ -12,7 +12,6 @@ from hhalign.checkpoint_files import is_checkpoint_file, read_trained_weights
 from hhalign.data.sources import missing_local_path
 from hhalign.errors import ModelLoadError
 
-
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json", "spiece.model")
 """A folder with none of these has no tokenizer (the library would blame a missing sentencepiece or tiktoken)."""
 

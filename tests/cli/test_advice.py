@@ -1,10 +1,9 @@
-"""Errors that give the right advice: a folder without tokenizer files is said to lack them (not a missing
-sentencepiece), a file that is not a checkpoint is never answered with advice to turn safe loading off, and a
-missing checkpoint given to ``export`` is not answered with a resume flag."""
+"""Errors that give the right advice: a file that is not a checkpoint is never answered with advice to turn safe
+loading off, and a missing checkpoint given to ``export`` is not answered with a resume flag. (A folder without
+tokenizer files: ``test_errors.py``.)"""
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 import pytest
@@ -18,16 +17,6 @@ def _one_line(argv: list[str]) -> str:
     message = str(exited.value.code)
     assert message.startswith("hhalign: error: ") and "\n" not in message, message
     return message
-
-
-def test_a_model_folder_without_tokenizer_files_says_so(tmp_path: Path, tiny_dir: Path):
-    folder = tmp_path / "no-tokenizer"
-    folder.mkdir()
-    for name in ("config.json", "model.safetensors"):
-        shutil.copy(tiny_dir / name, folder / name)
-    message = _one_line(["generate", "--model", str(folder), "--prompt", "hi", "--max_new_tokens", "2"])
-    assert "holds no tokenizer files" in message and "save_pretrained" in message
-    assert "sentencepiece" not in message and "tiktoken" not in message
 
 
 @pytest.mark.parametrize("content", [b"trainer:\n  max_steps: 3\n", b"", b"PK\x03\x04 truncated zip"])

@@ -1,0 +1,47 @@
+"""The front door answers without importing torch or Lightning: ``hhalign --help``, a mistyped command, a training
+command with no settings and a ``--config`` file that does not exist (each took 5 s here, 20-66 s on a loaded
+machine, importing both to print a line)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from tests.conftest import REPO
+
+PROBE = """
+import json, sys
+from hhalign.cli import main
+try:
+    main(sys.argv[1:])
+    code = 0
+except SystemExit as stop:
+    code = stop.code
+heavy = sorted(m for m in ("torch", "lightning", "transformers") if m in sys.modules)
+print(json.dumps({"code": code if isinstance(code, int) or code is None else str(code), "heavy": heavy}))
+"""
+
+
+@pytest.mark.parametrize(
+    ("argv", "says"),
+    [
+        (["--help"], None),
+        ([], None),
+        (["fitt"], "no command 'fitt'; did you mean fit?"),
+        (["fit"], "fit needs a run's settings: hhalign fit --config configs/tiny/dpo.yaml"),
+        (["validate"], "validate needs a run's settings"),
+        (["fit", "--config", "configs/tiny/dpoo.yaml"], "no such file; did you mean configs/tiny/dpo.yaml?"),
+        (["fit", "--config=configs/nope/x.yaml", "--model.beta", "0.1"], "--config configs/nope/x.yaml: no such file"),
+    ],
+)
+def test_the_front_door_answers_without_torch_or_lightning(argv: list[str], says: str | None):
+    probe = subprocess.run([sys.executable, "-c", PROBE, *argv], cwd=REPO, capture_output=True, text=True, timeout=60)
+    result = json.loads(probe.stdout.strip().splitlines()[-1])
+    assert result["heavy"] == []
+    if says is None:
+        assert result["code"] in (0, None) and "training (Lightning):" in probe.stdout
+    else:
+        assert result["code"].startswith("hhalign: error: ") and says in result["code"]
