@@ -47,6 +47,32 @@ def check_training_command(argv: list[str]) -> None:
         raise UserError(f"--config {path}: no such file{hint}")
 
 
+DATA_USAGE = "usage: hhalign data inspect [--config RUN.yaml] [--data.path P] [--data.* ...] [--model.* ...]"
+DATA_HELP = (
+    f"{DATA_USAGE}\n  reads and tokenizes the data as `hhalign fit` with the same flags would (no weights loaded, "
+    "nothing written), and prints its audit: what was kept, cut and dropped, lengths, formats"
+)
+
+
+def data_main(argv: list[str]) -> None:
+    """``hhalign data inspect``; its help and usage errors answer before anything heavy is imported."""
+    if argv[:1] in ([], ["-h"], ["--help"]) or (argv[:1] == ["inspect"] and argv[1:2] in (["-h"], ["--help"])):
+        print(DATA_HELP)
+        return
+    if argv[:1] != ["inspect"]:
+        raise UserError(f"data: the one subcommand is inspect; {DATA_USAGE}")
+    args = argv[1:]
+    if not any(a == "--config" or a.startswith(("--config=", "--model")) for a in args):
+        raise UserError(
+            "data inspect: name the run's tokenizer and objective: --config RUN.yaml, or --model hhalign.DPOModule "
+            "--model.model_name_or_path M"
+        )
+    check_training_command(["data inspect", *args])
+    from hhalign.trainer_cli import inspect_data
+
+    inspect_data(args)
+
+
 def _tool(name: str) -> Callable[[list[str]], Any]:
     module, function = TOOLS[name][0].split(":")
     return getattr(importlib.import_module(module), function)

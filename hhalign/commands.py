@@ -14,7 +14,7 @@ TRAINER_COMMANDS = {
 }
 """The Trainer methods the command runs (``predict`` is not one: ``score`` and ``generate`` do that work)."""
 TOOLS = {
-    "data": ("hhalign.trainer_cli:data_main", "data inspect: a run's data read and tokenized, without training"),
+    "data": ("hhalign.cli:data_main", "data inspect: a run's data read and tokenized, without training"),
     "evaluate": ("hhalign.tools.evaluate:main", "sample policy and reference, judge them by a reward model, KL"),
     "export": ("hhalign.tools.export:main", "a checkpoint as a Hugging Face folder (safetensors)"),
     "score": ("hhalign.tools.use:score", "rewards of replies, or of a file's pairs, from a reward model"),

@@ -42,10 +42,10 @@ from hhalign.training.rundir import (
 from hhalign.training.sharding import check_placement
 
 WANDB_ID_FILE = "wandb_run_id.txt"
-QUIET_PARSERS: dict[str, Any] = {"exit_on_error": False} | {
-    command: {"exit_on_error": False} for command in TRAINER_COMMANDS
-}
-"""Parse errors are raised to ``main``, which prints them as one line, instead of after a usage dump."""
+PARSER_OPTIONS = {"exit_on_error": False, "allow_abbrev": False}
+QUIET_PARSERS: dict[str, Any] = PARSER_OPTIONS | {command: PARSER_OPTIONS for command in TRAINER_COMMANDS}
+"""Parse errors are raised to ``main``, which prints them as one line, instead of after a usage dump; an option
+is spelled whole (``--trainer.max_step`` would otherwise be taken for ``max_steps``, as the tools refuse it)."""
 
 
 class SaveConfigEverywhere(SaveConfigCallback):
@@ -181,28 +181,10 @@ for _name in ("lightning.fabric.utilities.rank_zero", "lightning.pytorch.utiliti
     logging.getLogger(_name).addFilter(DropAdverts())
 
 
-DATA_USAGE = "usage: hhalign data inspect [--config RUN.yaml] [--data.path P] [--data.* ...] [--model.* ...]"
-
-
-def data_main(argv: list[str]) -> None:
+def inspect_data(args: list[str]) -> None:
     """``hhalign data inspect``: the data module ``fit`` would build from these flags, set up (read, tokenized,
     audited) without loading any weights or writing a run, and its report."""
     from hhalign.tools.data_inspect import report
-
-    if argv[:1] != ["inspect"]:
-        raise UserError(f"data: the one subcommand is inspect; {DATA_USAGE}")
-    if argv[1:2] in (["-h"], ["--help"]):
-        print(
-            DATA_USAGE
-            + "\n  reads and tokenizes the data as `hhalign fit` with the same flags would, and prints its audit"
-        )
-        return
-    args = argv[1:]
-    if not any(a == "--config" or a.startswith(("--config=", "--model")) for a in args):
-        raise UserError(
-            "data inspect: name the run's tokenizer and objective: --config RUN.yaml, or --model hhalign.DPOModule "
-            "--model.model_name_or_path M"
-        )
 
     class DataOnly(HHAlignCLI):
         def before_instantiate_classes(self) -> None:
@@ -220,7 +202,7 @@ def data_main(argv: list[str]) -> None:
         run=False,
         auto_configure_optimizers=False,
         save_config_callback=None,
-        parser_kwargs={"exit_on_error": False},
+        parser_kwargs=PARSER_OPTIONS,
     )
     cli.datamodule.setup("inspect")
     print(report(cli.datamodule))

@@ -1,6 +1,7 @@
 """``hhalign data inspect``'s report: what a run would train on, read and tokenized as the run would.
 
-The command (``hhalign.cli.data_main``) builds the data module ``hhalign fit`` would from the same flags, loading
+The command (``hhalign.cli.data_main``, then ``hhalign.trainer_cli.inspect_data``) builds the data module
+``hhalign fit`` would from the same flags, loading
 no weights; this module writes what it found.
 """
 

@@ -75,13 +75,16 @@ class RunSummary(Callback):
             "steps": trainer.global_step,
             "final_validation": {k: v for k, v in sorted(final.items()) if v is not None},
             "run_dir": str(run_dir),
-            "metrics": str(run_dir / "metrics.csv"),
         }
+        if (run_dir / "metrics.csv").is_file():  # another logger may keep its own
+            summary["metrics"] = str(run_dir / "metrics.csv")
         for metric in INTERVAL_METRICS:
             if interval := accuracy_interval(summary["final_validation"], metric):
                 summary[f"{metric}_interval"] = interval
-        if trainer.state.fn == "validate":
+        if trainer.state.fn == "validate" and trainer.ckpt_path:
             summary["validated_checkpoint"] = trainer.ckpt_path
+        elif trainer.state.fn == "validate":  # no checkpoint: the model's own weights
+            summary["validated_model"] = pl_module.hparams.model_name_or_path
         for callback in trainer.checkpoint_callbacks if trainer.state.fn == "fit" else []:
             if not isinstance(callback, ModelCheckpoint):
                 continue
@@ -95,8 +98,9 @@ class RunSummary(Callback):
             if callback.last_model_path:
                 summary["last_checkpoint"] = callback.last_model_path
         for callback in trainer.callbacks:
-            if isinstance(callback, ExportAtFitEnd):
-                summary["export"] = str(callback.dirpath or run_dir / "export")
+            export = Path(getattr(callback, "dirpath", None) or run_dir / "export")
+            if isinstance(callback, ExportAtFitEnd) and (export / "config.json").is_file():  # written, not planned
+                summary["export"] = str(export)
             if evaluation := getattr(callback, "evaluation_summary", None):  # EvaluateAtFitEnd, when it ran
                 summary["evaluation"] = evaluation
         if trainer.state.fn == "fit" and (run_dir / "curves.png").exists():
@@ -119,7 +123,7 @@ def format_summary(summary: dict[str, Any]) -> str:
         lines.append(f"  best {best['metric']} = {best['value']:.4f}: {best['checkpoint']}")
     for key, value in summary.get("evaluation", {}).items():
         lines.append(f"  {key:<32} {value:.4f}" if isinstance(value, float) else f"  {key:<32} {value}")
-    for key in ("validated_checkpoint", "last_checkpoint", "curves", "export", "metrics"):
+    for key in ("validated_checkpoint", "validated_model", "last_checkpoint", "curves", "export", "metrics"):
         if key in summary:
             lines.append(f"  {key.replace('_', ' '):<16} {summary[key]}")
     return "\n".join(lines)

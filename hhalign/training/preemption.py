@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import signal
 import sys
 from types import FrameType
@@ -42,6 +43,10 @@ class Preemption(Callback):
     def _handler(self, signum: int, frame: FrameType | None) -> None:
         if self.received == signal.SIGINT and signum == signal.SIGINT:
             raise KeyboardInterrupt
+        if self.received is None:  # said at once: the step may take minutes (os.write: safe in a handler)
+            again = " (Ctrl+C again: stop now, without one)" if signum == signal.SIGINT else ""
+            os.write(2, f"\nhhalign: {signal.Signals(signum).name} received: stopping after this step with a "
+                        f"checkpoint{again}\n".encode())  # fmt: skip
         self.received = signum
 
     def _install(self) -> None:

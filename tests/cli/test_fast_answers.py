@@ -1,6 +1,6 @@
-"""The front door answers without importing torch or Lightning: ``hhalign --help``, a mistyped command, a training
-command with no settings and a ``--config`` file that does not exist (each took 5 s here, 20-66 s on a loaded
-machine, importing both to print a line)."""
+"""The front door answers without importing torch or Lightning: ``hhalign --help``, ``hhalign data --help``, a
+mistyped command, a training command with no settings and a ``--config`` file that does not exist (each took 5 s
+here, 20-66 s on a loaded machine, importing both to print a line)."""
 
 from __future__ import annotations
 
@@ -30,6 +30,10 @@ print(json.dumps({"code": code if isinstance(code, int) or code is None else str
     [
         (["--help"], None),
         ([], None),
+        (["data", "--help"], None),
+        (["data"], None),
+        (["data", "inspect", "--help"], None),
+        (["data", "inspet"], "data: the one subcommand is inspect"),
         (["fitt"], "no command 'fitt'; did you mean fit?"),
         (["fit"], "fit needs a run's settings: hhalign fit --config configs/tiny/dpo.yaml"),
         (["validate"], "validate needs a run's settings"),
@@ -42,6 +46,7 @@ def test_the_front_door_answers_without_torch_or_lightning(argv: list[str], says
     result = json.loads(probe.stdout.strip().splitlines()[-1])
     assert result["heavy"] == []
     if says is None:
-        assert result["code"] in (0, None) and "training (Lightning):" in probe.stdout
+        expected = "usage: hhalign data inspect" if argv[:1] == ["data"] else "training (Lightning):"
+        assert result["code"] in (0, None) and expected in probe.stdout
     else:
         assert result["code"].startswith("hhalign: error: ") and says in result["code"]

@@ -41,6 +41,7 @@ def test_tool_options_use_underscores_and_the_old_spelling_answers_with_a_notice
         (["predict"], "no command 'predict'"),
         (["fit", "--config", "configs/tiny/dpo.yaml", "--model.bta", "0.1"], "did you mean --model.beta?"),
         (["fit", "--config", "configs/tiny/dpo.yaml", "--data.max_lenght", "3"], "did you mean --data.max_length?"),
+        (["fit", "--config", "configs/tiny/dpo.yaml", "--trainer.max_step", "3"], "did you mean --trainer.max_steps?"),
     ],
 )  # fmt: skip
 def test_a_mistyped_command_or_option_gets_the_closest_suggested(args, message, capsys):

@@ -129,8 +129,13 @@ def test_a_checkpoint_validates_on_other_data(tmp_path: Path, tiny_dir: Path, sm
     main(tiny_args("validate", DPO, tiny_dir, other_data, tmp_path, "--trial_name", "v", "--ckpt_path", str(last)))
     summary = json.loads((tmp_path / "tiny" / "v" / "summary.json").read_text())
     assert summary["validated_checkpoint"] == str(last) and summary["final_validation"]["val/examples"] == 10
+    assert "export" not in summary  # validate exports nothing: the summary names only what exists
+    assert Path(summary["metrics"]).is_file()
     data = json.loads((tmp_path / "tiny" / "v" / "data_summary.json").read_text())
     assert str(other_data) in data["validation"]
+    main(tiny_args("validate", DPO, tiny_dir, other_data, tmp_path, "--trial_name", "base"))  # no checkpoint
+    summary = json.loads((tmp_path / "tiny" / "base" / "summary.json").read_text())
+    assert summary["validated_model"] == str(tiny_dir) and "validated_checkpoint" not in summary
 
 
 def test_the_weights_fingerprint_makes_no_float64_copy_of_a_tensor(monkeypatch: pytest.MonkeyPatch):

@@ -104,6 +104,8 @@ def test_signal_writes_a_checkpoint_at_the_current_step(
     )
     assert stopped.returncode == 128 + getattr(signal, signal_name), stopped.stderr[-3000:]
     assert f"stopped by {signal_name} after step 3" in stopped.stderr and "--ckpt_path last" in stopped.stderr
+    acknowledged = stopped.stderr.index(f"hhalign: {signal_name} received: stopping after this step")
+    assert acknowledged < stopped.stderr.index("stopped by")  # said by the handler, before the stop
     assert "Traceback" not in stopped.stderr
     last = root / "tiny" / signal_name.lower() / "checkpoints" / "last.ckpt"
     assert torch.load(last, weights_only=True)["global_step"] == 3
