@@ -70,3 +70,11 @@ def known_options() -> list[str]:
         *(f"--data.{n}" for n in sorted(parameters(PreferenceDataModule))),
         *(f"--trainer.{n}" for n in sorted(parameters(Trainer))),
     ]
+
+
+def objective_classes() -> list[str]:
+    """The objectives ``--model`` (``class_path``) names, as ``hhalign.DPOModule``."""
+    import hhalign
+
+    not_objectives = ("AlignmentModule", "PreferenceDataModule")
+    return [f"hhalign.{name}" for name in hhalign.__all__ if name.endswith("Module") and name not in not_objectives]

@@ -49,8 +49,20 @@ def _did_you_mean(option: str, known: Sequence[str]) -> str:
     return f"; did you mean {near[0]}?" if near else ""
 
 
-def explain_parse_error(message: str, known: Sequence[str] = ()) -> str:
-    """``explain_error`` with, for an unknown option, the closest of the ``known`` ones suggested."""
+_CLASS_GIVEN = re.compile(r"NestedArg\(key='class_path', val='([^']+)'\)|Expected a path but (\S+) either not")
+
+
+def explain_parse_error(message: str, known: Sequence[str] = (), classes: Sequence[str] = ()) -> str:
+    """``explain_error`` with, for an unknown option, the closest of the ``known`` ones suggested, and for a class
+    that does not exist, the closest of ``classes``."""
+    if given := _CLASS_GIVEN.search(message):
+        name = given.group(1) or given.group(2)
+        option = (
+            "--" + ".".join(m.group(1) for m in _PARSER_KEY.finditer(message)) if _PARSER_KEY.search(message) else ""
+        )
+        close = difflib.get_close_matches(name, list(classes), n=1, cutoff=0.6)
+        hint = f"; did you mean {close[0]}?" if close else f"; the objectives: {', '.join(classes)}" if classes else ""
+        return f"{option or '--model'}: no class {name!r}{hint}"
     line = explain_error(message)
     if unknown := _UNRECOGNIZED.search(line):
         return f"{line}{_did_you_mean(unknown.group(1).split('=', 1)[0], known)}"

@@ -20,7 +20,7 @@ from lightning.pytorch.loggers import Logger, WandbLogger
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from hhalign.cli import launched_worker
-from hhalign.commands import TRAINER_COMMANDS, known_options
+from hhalign.commands import TRAINER_COMMANDS, known_options, objective_classes
 from hhalign.data.datamodule import PreferenceDataModule
 from hhalign.errors import UserError, explain_parse_error
 from hhalign.objectives.base import AlignmentModule
@@ -235,7 +235,7 @@ def run(argv: list[str], from_sys_argv: bool) -> None:
     except SIGTERMException:
         sys.exit(128 + signal.SIGTERM)
     except ArgumentError as err:  # jsonargparse's, for a bad option or config value: one line, no usage dump
-        print(f"hhalign: error: {explain_parse_error(str(err), known_options())}", file=sys.stderr)
+        print(f"hhalign: error: {explain_parse_error(str(err), known_options(), objective_classes())}", file=sys.stderr)
         sys.exit(2)
     finally:  # what a failed command changed in a run directory is put back
         RunRecord.restore_pending()  # a refused resume's config and data summary

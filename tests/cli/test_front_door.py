@@ -42,6 +42,10 @@ def test_tool_options_use_underscores_and_the_old_spelling_answers_with_a_notice
         (["fit", "--config", "configs/tiny/dpo.yaml", "--model.bta", "0.1"], "did you mean --model.beta?"),
         (["fit", "--config", "configs/tiny/dpo.yaml", "--data.max_lenght", "3"], "did you mean --data.max_length?"),
         (["fit", "--config", "configs/tiny/dpo.yaml", "--trainer.max_step", "3"], "did you mean --trainer.max_steps?"),
+        (["fit", "--config", "configs/tiny/dpo.yaml", "--model.class_path", "hhalign.DPOModul"],
+         "--model: no class 'hhalign.DPOModul'; did you mean hhalign.DPOModule?"),
+        (["fit", "--config", "configs/tiny/dpo.yaml", "--model", "hhalign.Nothing"],
+         "the objectives: hhalign.DPOModule"),
     ],
 )  # fmt: skip
 def test_a_mistyped_command_or_option_gets_the_closest_suggested(args, message, capsys):
