@@ -64,7 +64,23 @@ class Throughput(ThroughputMonitor):
 
 
 class ProgressBar(RichProgressBar):
-    """Lightning's rich bar, without its "Epoch 0/-2" in step-bounded runs (``max_epochs`` -1): "Epoch 0"."""
+    """Lightning's rich bar, without its "Epoch 0/-2" in step-bounded runs (``max_epochs`` -1): "Epoch 0", and
+    with a total the count can reach."""
+
+    @property
+    def total_train_batches(self) -> int | float:
+        """The bar counts the epoch's batches from its first; in a step-bounded run its total is where the run
+        ends in the epoch: the batches already run in it (a resumed run starts past them) and those the steps
+        left take (several a step under gradient accumulation, a fraction of one when an online rollout takes
+        several optimizer steps). Lightning's reads the steps left alone: ``200/72`` after a resume."""
+        trainer = self.trainer
+        if not (trainer.max_epochs == -1 and trainer.max_steps is not None and trainer.max_steps > 0):
+            return trainer.num_training_batches
+        steps_left = max(trainer.max_steps - trainer.global_step, 0)
+        updates = getattr(trainer.lightning_module, "updates_per_rollout", None)
+        batches_left = -(-steps_left // updates) if updates else steps_left * trainer.accumulate_grad_batches
+        done = trainer.fit_loop.epoch_loop.batch_progress.current.completed
+        return min(trainer.num_training_batches, done + batches_left)
 
     def _get_train_description(self, current_epoch: int) -> str:
         if self.trainer.max_epochs is not None and self.trainer.max_epochs < 0:

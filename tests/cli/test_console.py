@@ -5,6 +5,8 @@ from __future__ import annotations
 import logging
 from types import SimpleNamespace
 
+import pytest
+
 from hhalign.models.loading import _FreshHeadReport
 from hhalign.training.callbacks import ProgressBar, Summary
 
@@ -39,6 +41,28 @@ def test_step_bounded_runs_show_the_epoch_without_a_negative_total():
     assert bar._get_train_description(0).strip() == "Epoch 0"
     bar._trainer = SimpleNamespace(max_epochs=3)
     assert bar._get_train_description(1).strip() == "Epoch 1/2"
+
+
+@pytest.mark.parametrize(
+    ("global_step", "done", "accumulate", "updates", "total"),
+    [
+        (0, 0, 1, None, 200),  # a fresh run of 200 steps in an epoch of 500 batches
+        (128, 128, 1, None, 200),  # resumed at step 128: the count starts at 128 and ends at 200, not "200/72"
+        (64, 128, 2, None, 400),  # accumulating 2 batches a step: 136 steps left are 272 batches more
+        (10, 5, 1, 2, 100),  # an online rollout of 2 optimizer steps: 190 steps left are 95 rollouts
+    ],
+)
+def test_the_bar_total_is_where_the_count_ends(global_step, done, accumulate, updates, total):
+    bar = ProgressBar()
+    bar._trainer = SimpleNamespace(
+        max_epochs=-1, max_steps=200, global_step=global_step, num_training_batches=500,
+        accumulate_grad_batches=accumulate, lightning_module=SimpleNamespace(updates_per_rollout=updates),
+        fit_loop=SimpleNamespace(epoch_loop=SimpleNamespace(batch_progress=SimpleNamespace(
+            current=SimpleNamespace(completed=done)))),
+    )  # fmt: skip
+    assert bar.total_train_batches == total
+    bar._trainer.max_epochs = 3  # epoch-bounded: every batch of the epoch
+    assert bar.total_train_batches == 500
 
 
 def test_the_summary_leaves_out_a_flops_column_of_zeros(capsys):
