@@ -49,6 +49,8 @@ def _did_you_mean(option: str, known: Sequence[str]) -> str:
     return f"; did you mean {near[0]}?" if near else ""
 
 
+_REQUIRED = re.compile(r"the following arguments are required: (\w+)")
+_CLASS_PATH = re.compile(r"class_path='([\w.]+)'")
 _CLASS_GIVEN = re.compile(r"NestedArg\(key='class_path', val='([^']+)'\)|Expected a path but (\S+) either not")
 
 
@@ -63,6 +65,11 @@ def explain_parse_error(message: str, known: Sequence[str] = (), classes: Sequen
         close = difflib.get_close_matches(name, list(classes), n=1, cutoff=0.6)
         hint = f"; did you mean {close[0]}?" if close else f"; the objectives: {', '.join(classes)}" if classes else ""
         return f"{option or '--model'}: no class {name!r}{hint}"
+    if (required := _REQUIRED.search(message)) and (cls := _CLASS_PATH.search(message)):
+        option = "--" + ".".join(m.group(1) for m in _PARSER_KEY.finditer(message))
+        option = option if option != "--" else "--trainer.logger"
+        name, argument = cls.group(1).rpartition(".")[2], required.group(1)
+        return f"{option} {name} needs its {argument}: add {option}.{argument} VALUE"
     line = explain_error(message)
     if unknown := _UNRECOGNIZED.search(line):
         return f"{line}{_did_you_mean(unknown.group(1).split('=', 1)[0], known)}"

@@ -29,7 +29,7 @@ from hhalign.tools.plot import PlotAtFitEnd
 from hhalign.tools.summary import RunSummary
 from hhalign.training.callbacks import ProgressBar
 from hhalign.training.checkpointing import AtomicCheckpointIO
-from hhalign.training.loggers import ResumableCSVLogger, ResumeLogs
+from hhalign.training.loggers import ResumableCSVLogger, ResumeLogs, check_logger_packages
 from hhalign.training.preemption import Preempted, Preemption
 from hhalign.training.rundir import (
     EarlierRun,
@@ -110,6 +110,7 @@ class HHAlignCLI(LightningCLI):
         objective = import_class(getattr(model, "class_path", None))
         init_args = dict(vars(getattr(model, "init_args", None) or Namespace()))
         check_placement(get("trainer", default=None) or {}, objective, init_args, str(self.subcommand))
+        check_logger_packages((get("trainer", default=None) or {}).get("logger"))
         if launched_worker() or self.subcommand != "fit":
             return  # a process started beside rank 0, which decides for all of them
         run_dir = self.run_dir()
@@ -155,8 +156,10 @@ class HHAlignCLI(LightningCLI):
 
     def instantiate_trainer(self, **kwargs: Any) -> Any:
         trainer_config = self._get(self.config_init, "trainer", default={})
-        if trainer_config.get("logger") in (None, True):
-            kwargs["logger"] = self.default_loggers()
+        configured = trainer_config.get("logger")
+        if configured is not False:  # the user's loggers beside the CSV log: it comes first, so the run's log
+            more = [] if configured in (None, True) else configured if isinstance(configured, list) else [configured]
+            kwargs["logger"] = [*self.default_loggers(), *more]  # dir, checkpoints and config stay the run's
         # after the configured callbacks, so the curves and the summary see the export and the last rows
         extra = [ResumeLogs(), RecordResume(), Preemption(), ReplaceEarlierRun(), PlotAtFitEnd(), RunSummary()]
         own_bar = any(isinstance(c, LightningProgressBar) for c in trainer_config.get("callbacks") or [])

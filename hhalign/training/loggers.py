@@ -81,3 +81,30 @@ class ResumeLogs(Callback):
     def on_save_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]) -> None:
         for logger in trainer.loggers:
             logger.save()
+
+
+LOGGER_PACKAGES = {
+    "TensorBoardLogger": ("tensorboard", "tensorboardX"),
+    "MLFlowLogger": ("mlflow",),
+    "CometLogger": ("comet_ml",),
+    "NeptuneLogger": ("neptune",),
+    "WandbLogger": ("wandb",),
+}
+"""The package each Lightning logger writes through (any one of them); none is a dependency of hhalign but wandb."""
+
+
+def check_logger_packages(configured: Any) -> None:
+    """Refuse, in one line and before anything loads, a ``--trainer.logger`` whose package is not installed
+    (Lightning would fail at instantiation with three tracebacks)."""
+    import importlib.util
+
+    from hhalign.errors import UserError
+
+    for logger in configured if isinstance(configured, list) else [configured]:
+        name = str(getattr(logger, "class_path", "")).rpartition(".")[2]
+        packages = LOGGER_PACKAGES.get(name, ())
+        if packages and not any(importlib.util.find_spec(p) for p in packages):
+            raise UserError(
+                f"--trainer.logger {name} writes through the {packages[0]} package, which is not installed: "
+                f"pip install {packages[0]} (hhalign's CSV log is written in the run directory either way)"
+            )
