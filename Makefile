@@ -7,6 +7,15 @@ SMOLLM2 := artifacts/smollm2-135m-instruct
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
+# A training stage that survives an interruption: a finished run (its summary and export written) is kept, an
+# interrupted one continues from its last checkpoint, anything else starts afresh. $(1): the run, $(2): fit's flags.
+stage = if [ -f $(1)/summary.json ] && [ -f $(1)/export/config.json ]; then \
+		echo "$(1): finished, kept (make clean, or hhalign fit --overwrite true, to train it again)"; \
+	elif [ -e $(1)/checkpoints/last.ckpt ]; then $(BIN)/hhalign fit $(2) --ckpt_path last; \
+	else $(BIN)/hhalign fit $(2) --overwrite true; fi
+# an evaluation, kept when it exists (a run trained again starts without one). $(1): the run, $(2): the judge.
+evaluated = [ -f $(1)/eval/evaluation.json ] || $(BIN)/hhalign evaluate $(1) --judge $(2)
+
 .PHONY: help install model demo demo-quick rl judge frontier demo-tiny test test-fast bench lint format clean
 
 help:  ## list the targets
@@ -34,10 +43,10 @@ $(SMOLLM2)/model.safetensors: $(BIN)/hhalign
 model: $(SMOLLM2)/model.safetensors  ## build SmolLM2-135M-Instruct as a Hugging Face folder in artifacts/
 
 demo: $(SMOLLM2)/model.safetensors  ## DPO and a reward model on SmolLM2-135M-Instruct and the shipped pairs; DPO judged by the RM
-	$(BIN)/hhalign fit --config configs/smollm2/dpo.yaml --overwrite true
-	$(BIN)/hhalign fit --config configs/smollm2/rm.yaml --overwrite true
+	@$(call stage,outputs/smollm2/dpo,--config configs/smollm2/dpo.yaml)
+	@$(call stage,outputs/smollm2/rm,--config configs/smollm2/rm.yaml)
 	$(BIN)/hhalign summary outputs/smollm2/dpo outputs/smollm2/rm
-	$(BIN)/hhalign evaluate outputs/smollm2/dpo --judge outputs/smollm2/rm/export
+	@$(call evaluated,outputs/smollm2/dpo,outputs/smollm2/rm/export)
 
 # the mechanics in about 10 minutes: the earlier demo's 8 DPO steps at lr 5e-5 and 16 reward-model steps at lr 1e-4
 QUICK_DPO := --trial_name dpo-quick --trainer.max_steps 8 --trainer.val_check_interval 8 --model.warmup_steps 1 \
@@ -55,12 +64,12 @@ demo-quick: $(SMOLLM2)/model.safetensors  ## the demo's mechanics in about 10 mi
 rl: $(SMOLLM2)/model.safetensors  ## RLOO, PPO and online DPO rewarded by the demo's RM, each evaluated (after make demo)
 	@test -f outputs/smollm2/rm/export/config.json \
 		|| { echo "run 'make demo' first: the online runs are rewarded by its reward model"; exit 1; }
-	$(BIN)/hhalign fit --config configs/smollm2/rloo.yaml --overwrite true
-	$(BIN)/hhalign evaluate outputs/smollm2/rloo --judge outputs/smollm2/rm/export
-	$(BIN)/hhalign fit --config configs/smollm2/ppo.yaml --overwrite true
-	$(BIN)/hhalign evaluate outputs/smollm2/ppo --judge outputs/smollm2/rm/export
-	$(BIN)/hhalign fit --config configs/smollm2/online-dpo.yaml --overwrite true
-	$(BIN)/hhalign evaluate outputs/smollm2/online-dpo --judge outputs/smollm2/rm/export
+	@$(call stage,outputs/smollm2/rloo,--config configs/smollm2/rloo.yaml)
+	@$(call evaluated,outputs/smollm2/rloo,outputs/smollm2/rm/export)
+	@$(call stage,outputs/smollm2/ppo,--config configs/smollm2/ppo.yaml)
+	@$(call evaluated,outputs/smollm2/ppo,outputs/smollm2/rm/export)
+	@$(call stage,outputs/smollm2/online-dpo,--config configs/smollm2/online-dpo.yaml)
+	@$(call evaluated,outputs/smollm2/online-dpo,outputs/smollm2/rm/export)
 
 # the held-out judge: a second reward model, rm.yaml's settings on the pairs the demo's reward model never saw
 JUDGE := outputs/smollm2/rm-judge/export
@@ -92,10 +101,10 @@ frontier: $(SMOLLM2)/model.safetensors  ## the reward-KL frontier of DPO (3 beta
 		--out outputs/smollm2/frontier.png
 
 demo-tiny: $(TINY)/config.json  ## the whole pipeline with the offline tiny model: SFT, then DPO and RM from it
-	$(BIN)/hhalign validate --config configs/tiny/sft.yaml --trial_name sft-base
-	$(BIN)/hhalign fit --config configs/tiny/sft.yaml --overwrite true
-	$(BIN)/hhalign fit --config configs/tiny/dpo.yaml --overwrite true
-	$(BIN)/hhalign fit --config configs/tiny/rm.yaml --overwrite true
+	@[ -f outputs/tiny/sft-base/summary.json ] || $(BIN)/hhalign validate --config configs/tiny/sft.yaml --trial_name sft-base
+	@$(call stage,outputs/tiny/sft,--config configs/tiny/sft.yaml)
+	@$(call stage,outputs/tiny/dpo,--config configs/tiny/dpo.yaml)
+	@$(call stage,outputs/tiny/rm,--config configs/tiny/rm.yaml)
 	$(BIN)/hhalign summary outputs/tiny/sft-base outputs/tiny/sft outputs/tiny/dpo outputs/tiny/rm
 
 test: install  ## run the test suite
