@@ -9,11 +9,12 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
-
-import torch
+from typing import TYPE_CHECKING, Any
 
 from hhalign.errors import UserError
+
+if TYPE_CHECKING:
+    import torch
 
 FINGERPRINT_KEY = "hhalign_fingerprints"
 REWARD_STATS_KEY = "hhalign_reward_stats"
@@ -61,6 +62,8 @@ def read_checkpoint(path: Any, map_location: Any = None, weights_only: bool | No
             f"checkpoint {path} does not exist; give a .ckpt file written by `hhalign fit` (in a run's "
             "checkpoints/ folder)"
         )
+    import torch  # here, not above: the tools' help and errors import this module without torch
+
     safe = True if weights_only is None else weights_only
     try:
         checkpoint = torch.load(path, map_location=map_location or "cpu", weights_only=safe, mmap=mmap)
@@ -87,6 +90,7 @@ def is_sharded_checkpoint(path: Any) -> bool:
 def read_sharded_checkpoint(folder: Path) -> dict:
     """A distributed (DCP) checkpoint folder as a Lightning checkpoint dict: the module's weights gathered from
     every shard file (the optimizer's left on disk) and the metadata file Lightning writes beside them."""
+    import torch
     from torch.distributed.checkpoint import FileSystemReader
     from torch.distributed.checkpoint.format_utils import _EmptyStateDictLoadPlanner
     from torch.distributed.checkpoint.state_dict_loader import _load_state_dict

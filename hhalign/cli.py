@@ -86,6 +86,12 @@ def main(args: list[str] | None = None) -> None:
             print(overview())
             return
         if argv[0] in TOOLS:
+            from hhalign.tools.parsers import PARSERS
+
+            if argv[0] in PARSERS:  # help and argument errors, before the tool's heavy imports
+                early = PARSERS[argv[0]]()
+                early.notes = False  # the tool's own parse says it
+                early.parse_args(argv[1:])
             _tool(argv[0])(argv[1:])
             return
         if argv[0] not in TRAINER_COMMANDS:

@@ -35,6 +35,8 @@ class ToolParser(argparse.ArgumentParser):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         self.old_spellings: dict[str, str] = {}
+        self.notes = True
+        """Say when an old spelling is used (off for a first parse whose parser the tool builds again)."""
         kwargs.setdefault("allow_abbrev", False)  # a mistyped option is an error with a suggestion, not a prefix
         super().__init__(*args, **kwargs)
 
@@ -51,7 +53,7 @@ class ToolParser(argparse.ArgumentParser):
         argv = list(sys.argv[1:] if args is None else args)
         for arg in argv:
             old = arg.split("=", 1)[0]
-            if old in self.old_spellings:
+            if old in self.old_spellings and self.notes:
                 print(
                     f"{self.prog}: note: {old} is now {self.old_spellings[old]} (the old spelling works until "
                     f"hhalign {OLD_SPELLING_UNTIL})",

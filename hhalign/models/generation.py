@@ -17,39 +17,7 @@ from transformers import DynamicCache, GenerationConfig
 from hhalign.data.batches import collate_sequences
 from hhalign.data.samplers import length_sorted_batches
 from hhalign.models.forward import model_inputs, response_logps
-
-
-@dataclass(frozen=True)
-class Sampling:
-    """How completions are drawn. At ``temperature`` 1 and ``top_p`` 1 (the defaults) they are samples of
-    the model's own distribution, which an estimate of KL(π‖π_ref) from them needs; ``temperature`` 0
-    decodes greedily. No top-k: Hugging Face's default of 50 would change the distribution."""
-
-    max_new_tokens: int = 64
-    temperature: float = 1.0
-    top_p: float = 1.0
-
-    def __post_init__(self) -> None:
-        if self.max_new_tokens < 1:
-            raise ValueError(f"max_new_tokens must be at least 1 (got {self.max_new_tokens})")
-        if self.temperature < 0 or not 0 < self.top_p <= 1:
-            raise ValueError(f"need temperature >= 0 and 0 < top_p <= 1 (got {self.temperature}, {self.top_p})")
-
-    @property
-    def samples_the_model(self) -> bool:
-        return self.temperature == 1.0 and self.top_p == 1.0
-
-    def config(self, stop_id: int, pad_id: int) -> GenerationConfig:
-        drawn = {"do_sample": True, "temperature": self.temperature, "top_p": self.top_p, "top_k": 0}
-        return GenerationConfig(
-            max_new_tokens=self.max_new_tokens,
-            min_new_tokens=0,
-            num_beams=1,
-            repetition_penalty=1.0,
-            eos_token_id=stop_id,
-            pad_token_id=pad_id,
-            **(drawn if self.temperature > 0 else {"do_sample": False}),
-        )
+from hhalign.models.sampling import Sampling as Sampling  # its home is light: the tools' help reads it
 
 
 @dataclass(frozen=True)

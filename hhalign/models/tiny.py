@@ -10,13 +10,12 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
-from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
-
-from hhalign.data.reading import read_records
 from hhalign.options import ToolParser
+
+if TYPE_CHECKING:  # imported where used, so that `hhalign make-tiny --help` answers without them
+    from transformers import LlamaForCausalLM, PreTrainedTokenizerFast
 
 BOS, EOS = "<|startoftext|>", "<|endoftext|>"
 SIZES = {
@@ -30,6 +29,8 @@ DEFAULT_DATA = "data/hh-rlhf"
 
 
 def _texts(data: str) -> Iterator[str]:
+    from hhalign.data.reading import read_records
+
     for record in read_records(data, on_bad_record="skip", counts=Counter()).records:
         yield record.chosen
         yield record.rejected
@@ -37,6 +38,9 @@ def _texts(data: str) -> Iterator[str]:
 
 def build_tokenizer(data: str = DEFAULT_DATA, vocab_size: int = VOCAB_SIZE) -> PreTrainedTokenizerFast:
     """Train a byte-level BPE on the records under ``data``; pad = EOS, BOS prepended."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    from transformers import PreTrainedTokenizerFast
+
     tokenizer = Tokenizer(models.BPE())
     tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tokenizer.decoder = decoders.ByteLevel()
@@ -58,6 +62,9 @@ def build_tokenizer(data: str = DEFAULT_DATA, vocab_size: int = VOCAB_SIZE) -> P
 
 def build_model(tokenizer: PreTrainedTokenizerFast, size: str = "tiny", seed: int = 0) -> LlamaForCausalLM:
     """A random-init Llama with tied embeddings; the same seed gives the same weights."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
     config = LlamaConfig(
         vocab_size=len(tokenizer),
         max_position_embeddings=2048,

@@ -17,10 +17,10 @@ from hhalign.data.pairs import TokenizedPair
 from hhalign.errors import UserError
 from hhalign.models.generation import Sampling
 from hhalign.models.loading import load_model, load_tokenizer
-from hhalign.options import ToolParser
-from hhalign.tools.describe import CHAT_TEMPLATE_HELP, on_or_off, trained_chat_template
+from hhalign.tools.describe import trained_chat_template
 from hhalign.tools.judging import RESULTS_FILE, Evaluation, Judge, check_reward_model, choose_prompts, evaluate
 from hhalign.tools.judging import format_results as format_results
+from hhalign.tools.parsers import evaluate_parser
 from hhalign.training.sharding import is_fsdp, model_on_one_process
 
 EVAL_DIR = "eval"
@@ -117,34 +117,7 @@ def sampling_autocast(name: str, device: torch.device) -> Any:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = ToolParser(prog="hhalign evaluate", description=__doc__)
-    parser.add_argument(
-        "run", nargs="?", help="an `hhalign fit` run directory: its export, reference and validation pairs"
-    )
-    parser.add_argument("--policy", help="policy folder or .ckpt (default RUN/export)")
-    parser.add_argument("--reference", help="the model to compare with (default: the run's reference)")
-    parser.add_argument("--judge", required=True, help="a reward model's export folder or RM .ckpt")
-    parser.add_argument(
-        "--data", help="pairs or prompts to sample, in any record format (default: the run's validation pairs)"
-    )
-    parser.add_argument("--prompts", type=int, default=64, help="held-out prompts, drawn with --seed")
-    parser.add_argument("--samples", type=int, default=1, help="completions per prompt and model")
-    defaults = Sampling()  # the same defaults as `hhalign generate` and the online objectives
-    parser.add_argument("--max_new_tokens", type=int, default=defaults.max_new_tokens)
-    parser.add_argument(
-        "--temperature", type=float, default=defaults.temperature, help="1 (the default) samples the model itself"
-    )
-    parser.add_argument("--top_p", type=float, default=defaults.top_p)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--batch_size", type=int, default=16)
-    parser.add_argument("--out", help="folder for evaluation.json and samples.jsonl (default RUN/eval)")
-    parser.add_argument("--label", help="this point's name in `hhalign plot --frontier` (default: the run, β)")
-    parser.add_argument("--device", default="auto", help="auto (cuda when present), cpu, cuda, cuda:1, …")
-    parser.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"])
-    parser.add_argument("--max_length", type=int, help="with --data: prompt + reply tokens (the run's, or 512)")
-    parser.add_argument("--max_response_length", type=int, help="with --data: reply tokens (the run's)")
-    chat_help = f"with --data: {CHAT_TEMPLATE_HELP}"
-    parser.add_argument("--chat_template", nargs="?", const=True, type=on_or_off, help=chat_help)
+    parser = evaluate_parser()
     args = parser.parse_args(argv)
     if not args.run and not (args.policy and args.reference and args.data and args.out):
         parser.error("give a run directory, or --policy, --reference, --data and --out")

@@ -16,7 +16,6 @@ from torch import nn
 from hhalign.checkpoint_files import EXPORT_INFO, read_checkpoint, read_trained_weights
 from hhalign.errors import UserError
 from hhalign.models.loading import load_tokenizer, merged, model_from_trained
-from hhalign.options import ToolParser
 from hhalign.tools.describe import (
     CARD,
     describe_training,
@@ -25,6 +24,7 @@ from hhalign.tools.describe import (
     trained_chat_template,
     training_section,
 )
+from hhalign.tools.parsers import export_parser
 from hhalign.training.sharding import model_on_one_process
 
 
@@ -210,13 +210,6 @@ class ExportAtFitEnd(Callback):
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = ToolParser(prog="hhalign export", description=__doc__)
-    parser.add_argument(
-        "--ckpt", required=True, help="a .ckpt written by `hhalign fit` (or an FSDP run's .ckpt folder)"
-    )
-    parser.add_argument("--out", required=True, help="folder to write the Hugging Face model into")
-    parser.add_argument(
-        "--adapters_only", action="store_true", help="a LoRA run: its adapters alone, in peft's format (else merged)"
-    )
+    parser = export_parser()
     args = parser.parse_args(argv)
     print(f"exported {args.ckpt} to {export_checkpoint(args.ckpt, args.out, args.adapters_only)}")

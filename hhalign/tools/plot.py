@@ -16,7 +16,7 @@ import yaml
 from lightning.pytorch.callbacks import Callback
 
 from hhalign.errors import UserError
-from hhalign.options import ToolParser
+from hhalign.tools.parsers import plot_parser
 
 PLOT_FILE = "curves.png"
 
@@ -130,10 +130,7 @@ class PlotAtFitEnd(Callback):
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = ToolParser(prog="hhalign plot", description=__doc__)
-    parser.add_argument("paths", nargs="+", metavar="RUN_DIR", help="a run directory holding metrics.csv")
-    parser.add_argument("--frontier", action="store_true", help="reward against KL of evaluations (several paths)")
-    parser.add_argument("--out", help=f"image to write (default RUN_DIR/{PLOT_FILE}, or frontier.png)")
+    parser = plot_parser()
     args = parser.parse_args(argv)
     if args.frontier:
         from hhalign.tools.frontier import plot_frontier

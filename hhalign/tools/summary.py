@@ -12,8 +12,8 @@ import lightning as L
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 
 from hhalign.errors import UserError
-from hhalign.options import ToolParser
 from hhalign.tools.export import ExportAtFitEnd
+from hhalign.tools.parsers import summary_parser
 
 SUMMARY_FILE = "summary.json"
 TABLE_METRICS = ("val/reward_accuracy", "val/reward_margin", "val/chosen_reward", "val/rejected_reward", "val/loss")
@@ -166,6 +166,4 @@ def _interval_cell(value: float | None, interval: dict[str, Any] | None, with_pa
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = ToolParser(prog="hhalign summary", description=__doc__)
-    parser.add_argument("run_dirs", nargs="+", help="run directories of finished fits")
-    print(summary_table(parser.parse_args(argv).run_dirs))
+    print(summary_table(summary_parser().parse_args(argv).run_dirs))

@@ -16,9 +16,9 @@ from hhalign.data.templates import ChatTemplate
 from hhalign.models.generation import Sampling, sample_completions
 from hhalign.models.loading import load_model, load_tokenizer
 from hhalign.objectives.reward import RewardModule
-from hhalign.options import ToolParser
 from hhalign.rewards.model import check_reward_model
-from hhalign.tools.describe import CHAT_TEMPLATE_HELP, chat_template_for, on_or_off
+from hhalign.tools.describe import chat_template_for
+from hhalign.tools.parsers import generate_parser, score_parser
 
 
 def as_prompt(text: str) -> str:
@@ -65,13 +65,7 @@ def pair_report(pairs: list[TokenizedPair], chosen: list[float], rejected: list[
 
 
 def score(argv: list[str] | None = None) -> None:
-    parser = ToolParser(prog="hhalign score", description="Rewards from a trained reward model.")
-    parser.add_argument("--model", required=True, help="exported reward-model folder or RewardModule .ckpt")
-    parser.add_argument("--prompt", help="a question or an hh-rlhf dialogue prefix")
-    parser.add_argument("--response", action="append", default=[], help="a response to score (repeatable)")
-    parser.add_argument("--pairs", help="JSONL of pairs (hh-rlhf or prompt/chosen/rejected): prints accuracy")
-    parser.add_argument("--max_length", type=int, default=2048)
-    parser.add_argument("--chat_template", nargs="?", const=True, type=on_or_off, help=CHAT_TEMPLATE_HELP)
+    parser = score_parser()
     args = parser.parse_args(argv)
     if bool(args.pairs) == bool(args.prompt and args.response):
         parser.error("give --pairs FILE, or --prompt and at least one --response")
@@ -109,17 +103,7 @@ def generate_reply(
 
 
 def generate(argv: list[str] | None = None) -> None:
-    parser = ToolParser(prog="hhalign generate", description="A reply from a trained policy.")
-    parser.add_argument("--model", required=True, help="exported policy folder or SFT/DPO .ckpt")
-    parser.add_argument("--prompt", required=True, help="a question or an hh-rlhf dialogue prefix")
-    defaults = Sampling()
-    parser.add_argument("--max_new_tokens", type=int, default=defaults.max_new_tokens)
-    parser.add_argument(
-        "--temperature", type=float, default=defaults.temperature, help="1 samples the model itself; 0 is greedy"
-    )
-    parser.add_argument("--top_p", type=float, default=defaults.top_p)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--chat_template", nargs="?", const=True, type=on_or_off, help=CHAT_TEMPLATE_HELP)
+    parser = generate_parser()
     args = parser.parse_args(argv)
     model = load_model(args.model).eval()
     tokenizer = load_tokenizer(args.model)

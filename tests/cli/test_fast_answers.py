@@ -23,6 +23,7 @@ except SystemExit as stop:
 heavy = sorted(m for m in ("torch", "lightning", "transformers") if m in sys.modules)
 print(json.dumps({"code": code if isinstance(code, int) or code is None else str(code), "heavy": heavy}))
 """
+TOOL_HELP = ["score", "generate", "evaluate", "export", "plot", "summary", "make-tiny", "get-model", "import-gguf"]
 
 
 @pytest.mark.parametrize(
@@ -50,3 +51,14 @@ def test_the_front_door_answers_without_torch_or_lightning(argv: list[str], says
         assert result["code"] in (0, None) and expected in probe.stdout
     else:
         assert result["code"].startswith("hhalign: error: ") and says in result["code"]
+
+
+@pytest.mark.parametrize("tool", TOOL_HELP)
+def test_every_tools_help_and_a_missing_argument_answer_without_torch(tool: str):
+    helped = subprocess.run([sys.executable, "-c", PROBE, tool, "--help"], cwd=REPO, capture_output=True, text=True,
+                            timeout=60)  # fmt: skip
+    result = json.loads(helped.stdout.strip().splitlines()[-1])
+    assert result == {"code": 0, "heavy": []} and f"usage: hhalign {tool}" in helped.stdout
+    missing = subprocess.run([sys.executable, "-c", PROBE, tool], cwd=REPO, capture_output=True, text=True, timeout=60)
+    result = json.loads(missing.stdout.strip().splitlines()[-1])
+    assert result == {"code": 2, "heavy": []} and "required" in missing.stderr
