@@ -11,7 +11,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from hhalign.commands import TOOLS, TRAINER_COMMANDS, overview
+from hhalign.commands import TOOLS, TRAINER_COMMANDS, overview, training_help
 from hhalign.errors import UserError
 from hhalign.options import closest
 
@@ -98,6 +98,11 @@ def main(args: list[str] | None = None) -> None:
             near = closest(argv[0], [*TRAINER_COMMANDS, *TOOLS])
             hint = f"; did you mean {near}?" if near else ""
             raise UserError(f"no command {argv[0]!r}{hint} (hhalign --help lists them)")
+        if argv[1:] in (["-h"], ["--help"]):  # at once; `--help all` is Lightning's full list
+            print(training_help(argv[0]))
+            return
+        if argv[1:] in (["-h", "all"], ["--help", "all"]):
+            argv = [argv[0], "--help"]
         check_training_command(argv)
         from hhalign.trainer_cli import run
 

@@ -42,6 +42,44 @@ def overview() -> str:
     return "\n".join(lines)
 
 
+COMMON_OPTIONS = {
+    "the run": ["--experiment_name", "--trial_name", "--output_dir", "--overwrite", "--ckpt_path", "--wandb_mode"],
+    "the model": ["--model.model_name_or_path", "--model.beta", "--model.loss_type", "--model.lora_rank",
+                  "--model.optimizer.init_args.lr", "--model.warmup_steps"],
+    "the data": ["--data.path", "--data.val_path", "--data.batch_size", "--data.max_length", "--data.chat_template",
+                 "--data.columns"],
+    "the trainer": ["--trainer.max_steps", "--trainer.val_check_interval", "--trainer.devices",
+                    "--trainer.strategy", "--trainer.precision", "--trainer.logger"],
+}  # fmt: skip
+"""What ``hhalign fit --help`` shows at once; ``--help all`` lists every option with its default."""
+
+
+def training_help(command: str) -> str:
+    """``hhalign fit --help`` (and validate's, test's) without Lightning: how a command is put together, the
+    objectives, the options most runs set, and where the full list is."""
+    import hhalign
+
+    objectives = [n for n in hhalign.__all__ if n.endswith("Module") and n not in ("AlignmentModule",
+                                                                                  "PreferenceDataModule")]  # fmt: skip
+    lines = [
+        f"usage: hhalign {command} --config RECIPE.yaml [--group.option VALUE ...]",
+        "",
+        f"{TRAINER_COMMANDS[command]}; the recipe (YAML) sets everything, any of its keys can follow as a flag.",
+        "recipes: configs/tiny/ (the offline tiny model), configs/smollm2/ (SmolLM2-135M on a CPU; *-gpu.yaml on",
+        "one GPU), configs/*.yaml (7B on 8 GPUs)",
+        f"objectives (--model hhalign.X): {', '.join(objectives)}",
+        "",
+    ]
+    lines += [f"{group + ':':<13}{' '.join(options)}" for group, options in COMMON_OPTIONS.items()]
+    lines += [
+        "",
+        f"every option with its default and help:  hhalign {command} --help all   (imports Lightning: seconds)",
+        f"one objective's options:                 hhalign {command} --model.help hhalign.DPOModule",
+        f"a run's whole resolved config:           hhalign {command} --config RECIPE.yaml --print_config",
+    ]
+    return "\n".join(lines)
+
+
 def known_options() -> list[str]:
     """Every option the training commands take, for "did you mean": the top-level ones, the data module's, each
     objective's and the Trainer's, as ``--group.name``."""

@@ -31,6 +31,8 @@ TOOL_HELP = ["score", "generate", "evaluate", "export", "plot", "summary", "make
     [
         (["--help"], None),
         ([], None),
+        (["fit", "--help"], None),
+        (["validate", "-h"], None),
         (["data", "--help"], None),
         (["data"], None),
         (["data", "inspect", "--help"], None),
@@ -47,7 +49,11 @@ def test_the_front_door_answers_without_torch_or_lightning(argv: list[str], says
     result = json.loads(probe.stdout.strip().splitlines()[-1])
     assert result["heavy"] == []
     if says is None:
-        expected = "usage: hhalign data inspect" if argv[:1] == ["data"] else "training (Lightning):"
+        expected = {
+            "data": "usage: hhalign data inspect",
+            "fit": "usage: hhalign fit --config RECIPE.yaml",
+            "validate": "usage: hhalign validate",
+        }.get(argv[0] if argv else "", "training (Lightning):")
         assert result["code"] in (0, None) and expected in probe.stdout
     else:
         assert result["code"].startswith("hhalign: error: ") and says in result["code"]
@@ -62,3 +68,12 @@ def test_every_tools_help_and_a_missing_argument_answer_without_torch(tool: str)
     missing = subprocess.run([sys.executable, "-c", PROBE, tool], cwd=REPO, capture_output=True, text=True, timeout=60)
     result = json.loads(missing.stdout.strip().splitlines()[-1])
     assert result == {"code": 2, "heavy": []} and "required" in missing.stderr
+
+
+def test_the_short_training_help_names_real_options():
+    """Every option ``hhalign fit --help`` shows is one the command takes (the full list checks it)."""
+    from hhalign.commands import COMMON_OPTIONS, known_options
+
+    known = known_options()
+    for option in (o for options in COMMON_OPTIONS.values() for o in options):
+        assert option in known or option.startswith("--model.optimizer."), option
