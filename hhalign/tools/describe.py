@@ -149,11 +149,12 @@ def model_card(info: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n" + training_section(info)
 
 
-def readable_by_the_user(folder: Path) -> None:
-    """Give every file of ``folder`` the permissions the user's umask grants new files (some writers use a
-    private temporary file and keep its 0600), so that a teammate or a server can read the export."""
+def readable_by_the_user(folder: Path, written_since: float) -> None:
+    """Give the files written into ``folder`` since ``written_since`` (a ``time.time()``) the permissions the
+    user's umask grants new files: some writers keep a private temporary file's 0600, and a teammate or a server
+    must read the export. Files that were there before are left as they are."""
     mask = os.umask(0)
     os.umask(mask)
     for path in folder.rglob("*"):
-        if path.is_file():
+        if path.is_file() and not path.is_symlink() and path.stat().st_mtime >= written_since:
             path.chmod(0o666 & ~mask)

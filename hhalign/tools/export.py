@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import copy
 import json
+import time
 from pathlib import Path
 from typing import Any
 
@@ -35,7 +36,7 @@ def export_model(model: nn.Module, tokenizer: Any, out: str | Path, info: dict[s
     A reward model is made readable by plain ``transformers`` where hhalign trained it to read: see
     ``readable_reward_model``.
     """
-    out = Path(out)
+    out, started = Path(out), time.time() - 1  # mtimes may be coarser than the clock
     out.mkdir(parents=True, exist_ok=True)
     if info.get("head") == "reward":
         tokenizer = copy.deepcopy(tokenizer)
@@ -46,7 +47,7 @@ def export_model(model: nn.Module, tokenizer: Any, out: str | Path, info: dict[s
     model.save_pretrained(out, safe_serialization=True)
     tokenizer.save_pretrained(out)
     (out / EXPORT_INFO).write_text(json.dumps(info, indent=2) + "\n")
-    readable_by_the_user(out)
+    readable_by_the_user(out, started)
     return out
 
 
@@ -127,12 +128,12 @@ standard deviation.
 def export_adapters(model: nn.Module, tokenizer: Any, out: str | Path, info: dict[str, Any]) -> Path:
     """Write a LoRA run's adapters alone, in peft's format (``PeftModel.from_pretrained(base, out)`` reads them
     over the base the run started from), with the tokenizer and ``hhalign_export.json``."""
-    out = Path(out)
+    out, started = Path(out), time.time() - 1
     out.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out, safe_serialization=True)
     tokenizer.save_pretrained(out)
     (out / EXPORT_INFO).write_text(json.dumps({**info, "format": "peft adapters"}, indent=2) + "\n")
-    readable_by_the_user(out)
+    readable_by_the_user(out, started)
     return out
 
 

@@ -76,3 +76,19 @@ def test_a_true_or_false_flag_refuses_anything_else():
     assert on_or_off("True") is True and on_or_off("off") is False
     with pytest.raises(ValueError):
         on_or_off("maybe")
+
+
+def test_an_export_into_a_folder_leaves_the_files_already_there_as_they_were(tmp_path: Path, tiny_dir: Path,
+                                                                             user_umask: int):  # fmt: skip
+    from hhalign.models.loading import load_model, load_tokenizer
+    from hhalign.tools.export import export_model
+
+    out = tmp_path / "shared"
+    out.mkdir()
+    secret = out / "private.key"
+    secret.write_text("not the model's")
+    secret.chmod(0o600)
+    os.utime(secret, (1_000_000, 1_000_000))
+    export_model(load_model(str(tiny_dir)), load_tokenizer(str(tiny_dir)), out, {"head": "causal_lm"})
+    assert stat.S_IMODE(secret.stat().st_mode) == 0o600
+    assert stat.S_IMODE((out / "model.safetensors").stat().st_mode) == 0o666 & ~user_umask
