@@ -173,15 +173,26 @@ class ExportAtFitEnd(Callback):
 
     def __init__(self, dirpath: str | None = None) -> None:
         self.dirpath = dirpath
+        self.trained = False
+        """Whether this fit trained at all: a resumed run that had already reached ``max_steps`` does not."""
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: Any) -> None:
+        self.trained = True  # not called when the loop has nothing left to do
 
     def on_fit_end(self, trainer: L.Trainer, pl_module: Any) -> None:
+        out = Path(self.dirpath or Path(trainer.default_root_dir) / "export")
+        if not self.trained and (out / "config.json").is_file():  # keep the export and what it records
+            pl_module.print(
+                f"hhalign: nothing left to train (the run is at step {trainer.global_step} of max_steps "
+                f"{trainer.max_steps}; raise --trainer.max_steps to go on); its export {out} is kept as it was"
+            )
+            return
         model = model_on_one_process(trainer, pl_module)  # under FSDP, gathered whole on rank 0: every rank joins
         critic = None
         if getattr(pl_module, "critic", None) is not None:  # PPO's value model, exported beside the policy
             critic = model_on_one_process(trainer, pl_module, "critic", pl_module.critic_start, "reward")
         if not trainer.is_global_zero or model is None:
             return
-        out = Path(self.dirpath or Path(trainer.default_root_dir) / "export")
         hp = pl_module.hparams
         info = {
             "source": "fit",

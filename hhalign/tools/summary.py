@@ -69,6 +69,9 @@ class RunSummary(Callback):
             return
         run_dir = Path(trainer.default_root_dir)
         final = {k: _number(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
+        earlier = run_dir / SUMMARY_FILE
+        if trainer.state.fn == "fit" and not final and earlier.is_file():  # resumed with nothing left to train
+            final = json.loads(earlier.read_text()).get("final_validation", {})
         summary: dict[str, Any] = {
             "module": type(pl_module).__name__,
             "model": pl_module.hparams.model_name_or_path,

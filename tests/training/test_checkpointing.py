@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
@@ -81,9 +82,13 @@ def test_fingerprints_tell_data_and_weights_apart():
 
 
 @pytest.mark.slow
-def test_resume_refuses_other_data_or_reference_or_module(tmp_path: Path, tiny_dir: Path, small_jsonl: Path):
-    fit_tiny(tmp_path, tiny_dir, small_jsonl, DPO, steps=2)
-    last = tmp_path / "tiny" / "t" / "checkpoints" / "last.ckpt"
+def test_resume_refuses_other_data_or_reference_or_module(
+    tmp_path: Path, tiny_dir: Path, small_jsonl: Path, capsys: pytest.CaptureFixture
+):
+    run = fit_tiny(tmp_path, tiny_dir, small_jsonl, DPO, steps=2)
+    last = run / "checkpoints" / "last.ckpt"
+    described = (run / "export" / "hhalign_export.json").read_bytes()
+    final = json.loads((run / "summary.json").read_text())["final_validation"]
     other_data = write_jsonl(tmp_path / "other.jsonl", shipped_records(60)[12:])
     with pytest.raises(SystemExit) as exited:
         fit_tiny(tmp_path, tiny_dir, other_data, DPO, "--ckpt_path", str(last))
@@ -113,6 +118,13 @@ def test_resume_refuses_other_data_or_reference_or_module(tmp_path: Path, tiny_d
     with pytest.raises(SystemExit) as exited:
         fit_tiny(tmp_path, tiny_dir, small_jsonl, "configs/tiny/rm.yaml", "--ckpt_path", str(last))
     assert "the training module differ" in str(exited.value.code)
+
+    # resumed with nothing left to train: the export and what it records, and the summary's numbers, are kept
+    capsys.readouterr()
+    fit_tiny(tmp_path, tiny_dir, small_jsonl, DPO, "--ckpt_path", str(last), steps=2)
+    assert "nothing left to train (the run is at step 2 of max_steps 2" in capsys.readouterr().out
+    assert (run / "export" / "hhalign_export.json").read_bytes() == described
+    assert json.loads((run / "summary.json").read_text())["final_validation"] == final != {}
 
 
 @pytest.mark.slow
