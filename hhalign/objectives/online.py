@@ -17,6 +17,7 @@ from torch import Tensor
 
 from hhalign.data.batches import GroupBatch, PromptBatch
 from hhalign.errors import ConfigError
+from hhalign.losses.engine_mismatch import engine_gap, truncated_importance_weights
 from hhalign.objectives.outputs import StepOutputs
 from hhalign.objectives.rollouts import Prepared, Rollout, minibatch_rows, select_prepared
 from hhalign.objectives.sampling import SamplingModule
@@ -42,6 +43,10 @@ class OnlineModule(SamplingModule):
             the gradients of its minibatch's passes, the rows of like length together, so its memory is that
             of ``micro_batch_size`` prompts and its gradient the whole minibatch's (OpenRLHF's
             ``micro_train_batch_size``). None: the whole minibatch in one pass.
+        importance_sampling_cap: With an engine that reports its log-probs (``rollout_engine vllm``), weight each
+            token's policy loss by ``min(π_trainer/π_engine, cap)`` (truncated importance sampling; per completion
+            for ``loss_type sequence``), correcting for the engine's slightly different numbers. None: no weights;
+            the gap is logged either way (``engine_logp_gap``, ``engine_kl``).
     """
 
     def __init__(
@@ -52,6 +57,7 @@ class OnlineModule(SamplingModule):
         num_minibatches: PositiveInt = 1,  # type: ignore[assignment]
         max_grad_norm: PositiveFloat | None = 1.0,
         micro_batch_size: PositiveInt | None = None,
+        importance_sampling_cap: PositiveFloat | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(model_name_or_path, ref_model_name_or_path, **kwargs)
@@ -155,11 +161,11 @@ class OnlineModule(SamplingModule):
         if self.updates_per_rollout == 1 and one_pass:  # the sampling policy is the trained one: one forward
             current = self.forwards(rollout.batch)
             with torch.no_grad():
-                prepared, metrics = self.prepare(rollout, {k: v.detach() for k, v in current.items()})
+                prepared, metrics = self._prepared(rollout, {k: v.detach() for k, v in current.items()})
             outputs.append(self._update([(rollout, prepared, current)], rollout))
         else:
             with torch.no_grad():
-                prepared, metrics = self.prepare(rollout, self._sampled_forwards(rollout))
+                prepared, metrics = self._prepared(rollout, self._sampled_forwards(rollout))
             for rows in minibatch_rows(rollout.shape[0], hp.num_iterations, hp.num_minibatches, seed):
                 outputs.append(self._update(self._passes(rollout, prepared, rows), self._select(rollout, rows)))
         for name in ("sampling", "scoring"):
@@ -176,6 +182,24 @@ class OnlineModule(SamplingModule):
         # the logs' x axis is optimizer steps too: this rollout's row at its last one (Lightning counts batches)
         self.trainer.fit_loop.epoch_loop._batches_that_stepped = self.trainer.global_step - 1
         return None
+
+    def _prepared(self, rollout: Rollout, sampled: Forwards) -> tuple[Prepared, Metrics]:
+        """The objective's ``prepare``, and where an engine sampled with log-probs of its own, their gap to the
+        trainer's and (``importance_sampling_cap``) the weights that correct for it (``engine_weights``)."""
+        prepared, metrics = self.prepare(rollout, sampled)
+        if rollout.engine_logps is None:
+            return prepared, metrics
+        logps, mask = sampled["logps"], sampled["mask"]
+        engine = torch.nn.functional.pad(
+            rollout.engine_logps, (0, max(0, logps.shape[1] - rollout.engine_logps.shape[1]))
+        )
+        engine = engine[:, : logps.shape[1]].to(logps)
+        gap = engine_gap(logps, engine, mask)
+        metrics["engine_logp_gap"], metrics["engine_kl"] = (gap["logp_gap"][None], None), (gap["kl"], None)
+        if (cap := self.hparams.importance_sampling_cap) is not None:
+            level = "sequence" if self.hparams.get("loss_type") == "sequence" else "token"
+            prepared["engine_weights"] = truncated_importance_weights(logps, engine, mask, cap, level)
+        return prepared, metrics
 
     def _micro_parts(self, rows: Tensor) -> list[Tensor]:
         """``rows`` in passes of ``micro_batch_size`` prompts, by length, so that a pass pads little."""

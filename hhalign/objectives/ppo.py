@@ -138,7 +138,8 @@ class PPOModule(OnlineModule):
         surrogate = clipped_surrogate(logps, prepared["old_logps"], prepared["advantages"], mask, hp.epsilon,
                                       epsilon_high)  # fmt: skip
         per_process = self.tokens_per_process(mask)
-        policy_loss = reduce_token_losses(surrogate.token_losses, mask, "dapo", None, per_process)
+        token_losses = surrogate.token_losses * prepared.get("engine_weights", 1.0)  # the engine's samples corrected
+        policy_loss = reduce_token_losses(token_losses, mask, "dapo", None, per_process)
         values_lost = value_loss(values, prepared["old_values"], prepared["returns"], mask, hp.value_clip)
         critic_loss = reduce_token_losses(values_lost, mask, "dapo", None, per_process)
         loss = policy_loss + critic_loss  # disjoint parameters: each gradient is its own loss's

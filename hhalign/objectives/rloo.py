@@ -112,13 +112,13 @@ class RLOOModule(OnlineModule):
         kl_loss = ref_logps is not None and hp.kl_in == "loss"
         if hp.loss_type == "sequence":
             surrogate = sequence_surrogate(logps, old_logps, advantage, mask, hp.epsilon, epsilon_high)
-            losses = surrogate.token_losses
+            losses = surrogate.token_losses * prepared.get("engine_weights", 1.0)
             if kl_loss:
                 losses = losses + hp.beta * (k3(logps, ref_logps) * mask.float()).sum(1)
             loss = losses.mean()
         else:
             surrogate = clipped_surrogate(logps, old_logps, advantage.reshape(-1, 1), mask, hp.epsilon, epsilon_high)
-            token_losses = surrogate.token_losses
+            token_losses = surrogate.token_losses * prepared.get("engine_weights", 1.0)
             if kl_loss:
                 token_losses = token_losses + hp.beta * k3(logps, ref_logps)
             per_process = self.tokens_per_process(mask) if hp.loss_type == "dapo" else None

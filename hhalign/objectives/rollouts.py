@@ -26,7 +26,8 @@ the reference's, advantages): every tensor has one row per completion; a 2-D one
 class Rollout:
     """K scored completions of each of P prompts: ``batch`` holds them as sampled (behind one copy of each
     prompt), ``rewards`` ``(P, K)`` the total reward, ``terms`` each term, ``finished`` ``(P, K)`` whether each
-    completion ended with EOS."""
+    completion ended with EOS, ``engine_logps`` ``(N, T)`` the log-probs the engine sampled each token with (when
+    it reports them)."""
 
     prompts: list[list[int]]
     completions: list[list[Completion]]
@@ -35,6 +36,7 @@ class Rollout:
     terms: dict[str, Tensor]
     finished: Tensor
     seconds: dict[str, float]
+    engine_logps: Tensor | None = None
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -49,20 +51,40 @@ class Rollout:
         batch = collate_groups(prompts, tokens, pad_token_id).to(self.rewards.device)
         terms = {name: value[prompt_rows.to(value.device)] for name, value in self.terms.items()}
         on_device = prompt_rows.to(self.rewards.device)
+        engine = self.engine_logps
+        if engine is not None:
+            engine = engine[completion_rows(on_device, self.shape[1])]
         return Rollout(
-            prompts, completions, batch, self.rewards[on_device], terms, self.finished[on_device], self.seconds
+            prompts, completions, batch, self.rewards[on_device], terms, self.finished[on_device], self.seconds, engine
         )
+
+
+def engine_token_logps(groups: list[list[Completion]]) -> Tensor | None:
+    """The engine's log-prob of every sampled token, ``(N, T)`` left-aligned one completion a row (0 after its
+    end), when the engine reported them."""
+    flat = [c for group in groups for c in group]
+    if not flat or any(c.logps is None for c in flat):
+        return None
+    out = torch.zeros(len(flat), max(1, max(len(c.tokens) for c in flat)))
+    for row, completion in enumerate(flat):
+        out[row, : len(completion.tokens)] = torch.tensor(completion.logps, dtype=out.dtype)
+    return out
 
 
 def select_prepared(prepared: Prepared, prompt_rows: Tensor, k: int, width: int) -> Prepared:
     """``prepared``'s rows of the completions of ``prompt_rows`` (K each), per-token tensors cut to ``width``
     (the longest of those completions: every per-token tensor is left-aligned, one completion per row)."""
-    rows = (prompt_rows[:, None] * k + torch.arange(k)[None]).flatten()
+    rows = completion_rows(prompt_rows, k)
     picked = {}
     for name, value in prepared.items():
         chosen = value[rows.to(value.device)]
         picked[name] = chosen[:, :width] if chosen.dim() == 2 else chosen
     return picked
+
+
+def completion_rows(prompt_rows: Tensor, k: int) -> Tensor:
+    """The rows of the K completions of each of ``prompt_rows`` (completions are prompt-major)."""
+    return (prompt_rows[:, None] * k + torch.arange(k, device=prompt_rows.device)[None]).flatten()
 
 
 def minibatch_rows(n_prompts: int, num_iterations: int, num_minibatches: int, seed: int) -> Iterator[Tensor]:

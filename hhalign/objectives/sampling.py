@@ -19,12 +19,13 @@ from hhalign.data.batches import GroupBatch, PromptBatch, collate_groups
 from hhalign.errors import ConfigError
 from hhalign.losses.logps import tokens_by_sequence
 from hhalign.losses.policy_gradient import k1, k3
+from hhalign.models.engines import EngineName, EngineOptions, RolloutEngine, check_engine_installed, open_engine
 from hhalign.models.forward import model_inputs, response_states
-from hhalign.models.generation import Sampling, sample_groups
+from hhalign.models.generation import Sampling
 from hhalign.models.loading import load_tokenizer
 from hhalign.objectives.outputs import StepOutputs
 from hhalign.objectives.reference import PolicyModule
-from hhalign.objectives.rollouts import Rollout
+from hhalign.objectives.rollouts import Rollout, engine_token_logps
 from hhalign.objectives.sample_log import sample_rows, write_samples
 from hhalign.rewards.functions import load_reward_function
 from hhalign.rewards.model import RewardModel, check_same_tokenizer
@@ -59,6 +60,10 @@ class SamplingModule(PolicyModule):
         normalize_reward: Put the reward model's scores on its validation scale (``reward_stats`` of its export:
             mean 0, std 1), so that β and clipping mean the same for any reward model.
         reward_clip: Bound each completion's total reward to ``[−reward_clip, reward_clip]``.
+        rollout_engine: What samples: ``hf`` (Hugging Face ``generate`` on the policy itself) or ``vllm`` (vLLM in
+            this process, the policy's weights pushed into it before every draw; ``pip install 'hhalign[vllm]'``).
+        engine_kv_cache_gib: vLLM's key/value cache on a CPU, in GiB.
+        engine_gpu_memory_share: vLLM's share of a GPU's memory (weights and cache); training keeps the rest.
     """
 
     examples = "prompts"
@@ -86,6 +91,9 @@ class SamplingModule(PolicyModule):
         log_samples_every_n_steps: NonNegativeInt = 10,  # type: ignore[assignment]
         normalize_reward: bool = True,
         reward_clip: PositiveFloat | None = None,
+        rollout_engine: EngineName = "hf",
+        engine_kv_cache_gib: PositiveFloat = 1.0,  # type: ignore[assignment]
+        engine_gpu_memory_share: PositiveFloat = 0.3,  # type: ignore[assignment]
         **kwargs: Any,
     ) -> None:
         self.reward_terms = [load_reward_function(name) for name in reward_functions or []]  # typos fail here
@@ -98,9 +106,11 @@ class SamplingModule(PolicyModule):
                 "weight per term, the reward model's first"
             )
         self.check_options(num_generations)
+        check_engine_installed(rollout_engine)
         super().__init__(model_name_or_path, ref_model_name_or_path, **kwargs)
         self.rewards: Rewards | None = None  # loaded with the models, kept out of the module tree and checkpoints
         self.tokenizer: Any = None
+        self._engine: RolloutEngine | None = None  # started at the first draw, closed at teardown
         self._step_started = 0.0
         self.last_rollout_seconds: dict[str, float] = {}
         """Sampling and scoring seconds of the last training step's rollout (read by the benchmark too)."""
@@ -112,7 +122,8 @@ class SamplingModule(PolicyModule):
         n = ["model"] if self.hparams.get("reward_model") else []
         terms = tuple(f"reward_{name}" for name in n + [f.name.rpartition(":")[2] for f in self.reward_terms])
         shared = ("reward", "reward_std", *terms, "kl_k1", "kl_k3", "entropy", "completion_length", "eos_share")
-        return ("loss", *shared, "sampling_seconds", "scoring_seconds", *self.training_metrics)
+        engine = ("engine_logp_gap", "engine_kl") if self.hparams.rollout_engine != "hf" else ()
+        return ("loss", *shared, "sampling_seconds", "scoring_seconds", *engine, *self.training_metrics)
 
     def needs_reference(self) -> bool:
         return self.hparams.beta > 0
@@ -124,6 +135,29 @@ class SamplingModule(PolicyModule):
     def sampling(self) -> Sampling:
         hp = self.hparams
         return Sampling(hp.max_completion_length, hp.temperature, hp.top_p)
+
+    @property
+    def engine(self) -> RolloutEngine:
+        if self._engine is None:
+            hp = self.hparams
+            options = EngineOptions(hp.engine_kv_cache_gib, hp.engine_gpu_memory_share)
+            self._engine = open_engine(hp.rollout_engine, options)
+        return self._engine
+
+    def setup(self, stage: str) -> None:
+        super().setup(stage)
+        if self.hparams.rollout_engine != "hf" and self.trainer.world_size > 1:
+            raise ConfigError(
+                f"--model.rollout_engine {self.hparams.rollout_engine} runs in one training process here (its "
+                f"weights pushed in place); this run has {self.trainer.world_size}: set --model.rollout_engine hf, "
+                "or train on one device"
+            )
+
+    def teardown(self, stage: str) -> None:
+        super().teardown(stage)
+        if self._engine is not None:
+            self._engine.close()
+            self._engine = None
 
     def configure_model(self) -> None:
         if self.policy is not None:
@@ -168,7 +202,7 @@ class SamplingModule(PolicyModule):
         started = time.perf_counter()
         tokenizer, policy = self.tokenizer, self.trainable_module()
         stop_id = tokenizer.eos_token_id
-        groups = sample_groups(
+        groups = self.engine.sample(
             policy, prompts, k, self.sampling, stop_id, tokenizer.pad_token_id, seed,
             self.hparams.generation_batch_size, synced=is_fsdp(self._trainer),
         )  # fmt: skip
@@ -180,7 +214,11 @@ class SamplingModule(PolicyModule):
         finished = torch.tensor([[c.finished for c in g] for g in groups])
         seconds = {"sampling": sampled - started, "scoring": scored - sampled}
         device = self.device
-        return Rollout(prompts, groups, batch.to(device), rewards.to(device), terms, finished.to(device), seconds)
+        engine_logps = engine_token_logps(groups)
+        engine_logps = None if engine_logps is None else engine_logps.to(device)
+        return Rollout(
+            prompts, groups, batch.to(device), rewards.to(device), terms, finished.to(device), seconds, engine_logps
+        )
 
     def token_logps(self, model: Any, batch: GroupBatch, temperature: float = 1.0) -> tuple[Tensor, Tensor]:
         """Per-token log-probs ``(N, T)`` of every completion of a group batch, and the ``(N, T)`` mask of real

@@ -15,6 +15,7 @@ from lightning.pytorch.callbacks import Callback
 
 from hhalign.data.pairs import TokenizedPair
 from hhalign.errors import UserError
+from hhalign.models.engines import open_engine
 from hhalign.models.generation import Sampling
 from hhalign.models.loading import load_model, load_tokenizer
 from hhalign.tools.describe import trained_chat_template
@@ -150,12 +151,16 @@ def main(argv: list[str] | None = None) -> None:
     policy = load_model(policy_path, dtype=dtype).to(device)
     reference = load_model(reference_path, dtype=dtype).to(device)
     judge = Judge.load(args.judge, device, args.batch_size)
-    with sampling_autocast(args.dtype, device):
-        evaluation = evaluate(
-            policy, reference, judge, choose_prompts(pairs, args.prompts, args.seed), sampling,
-            tokenizer.eos_token_id, tokenizer.pad_token_id, args.samples, args.seed, args.batch_size,
-            decode=lambda ids, prompt=False: tokenizer.decode(ids, skip_special_tokens=not prompt),
-        )  # fmt: skip
+    engine = open_engine(args.engine)
+    try:
+        with sampling_autocast(args.dtype, device):
+            evaluation = evaluate(
+                policy, reference, judge, choose_prompts(pairs, args.prompts, args.seed), sampling,
+                tokenizer.eos_token_id, tokenizer.pad_token_id, args.samples, args.seed, args.batch_size,
+                decode=lambda ids, prompt=False: tokenizer.decode(ids, skip_special_tokens=not prompt), engine=engine,
+            )  # fmt: skip
+    finally:
+        engine.close()
     evaluation.results |= {
         "label": args.label or label_of(run),
         "policy": policy_path,
@@ -166,6 +171,7 @@ def main(argv: list[str] | None = None) -> None:
         "seed": args.seed,
         "device": str(device),
         "dtype": str(dtype).removeprefix("torch."),
+        "engine": args.engine,
         "run": (run or {}).get("name"),
         "hparams": (run or {}).get("hparams", {}),
     }

@@ -19,7 +19,8 @@ from torch import nn
 
 from hhalign.data.pairs import TokenizedPair
 from hhalign.files import atomic_write
-from hhalign.models.generation import Completion, Sampling, completion_logps, sample_completions
+from hhalign.models.engines import HFEngine, RolloutEngine
+from hhalign.models.generation import Completion, Sampling, completion_logps
 from hhalign.rewards.model import check_reward_model
 from hhalign.tools import estimates
 
@@ -90,20 +91,24 @@ def evaluate(
     batch_size: int = 16,
     decode: Any = None,
     progress: bool = True,
+    engine: RolloutEngine | None = None,
 ) -> Evaluation:
     """Sample ``samples`` completions of each pair's prompt from ``policy`` and from ``reference``, judge
     them against each other and against the pair's chosen reply, and estimate KL(π‖π_ref).
 
     Log-probs are of the completions as sampled (up to their first EOS); the judge reads each reply, the
-    chosen ones too, with its EOS (``Completion.ended``)."""
+    chosen ones too, with its EOS (``Completion.ended``). ``engine`` samples (default: Hugging Face generation)."""
     started = time.perf_counter()
     prompts = [p.prompt for p in pairs for _ in range(samples)]
     has_chosen = all(hasattr(p, "chosen") for p in pairs)  # prompt-only data has no dataset reply to compare
     chosen = [p.chosen for p in pairs for _ in range(samples)] if has_chosen else []
 
+    sampler = engine or HFEngine()
+
     def draw(model: Any, model_seed: int, name: str) -> list[Completion]:
         label = f"sampling {name}" if progress else None
-        return sample_completions(model, prompts, sampling, stop_id, pad_id, model_seed, batch_size, label)
+        groups = sampler.sample(model, prompts, 1, sampling, stop_id, pad_id, model_seed, batch_size, False, label)
+        return [group[0] for group in groups]
 
     drawn = {"policy": draw(policy, seed, "policy"), "reference": draw(reference, seed + 1, "reference")}
     sampled_at = time.perf_counter()

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from hhalign.models.sampling import Sampling
+from hhalign.models.sampling import ENGINES, Sampling
 from hhalign.options import ToolParser
 from hhalign.tools.describe import CHAT_TEMPLATE_HELP, on_or_off
 
@@ -17,6 +17,13 @@ def _sampling(parser: ToolParser, temperature_help: str) -> None:
     parser.add_argument("--max_new_tokens", type=int, default=defaults.max_new_tokens)
     parser.add_argument("--temperature", type=float, default=defaults.temperature, help=temperature_help)
     parser.add_argument("--top_p", type=float, default=defaults.top_p)
+
+
+def _engine(parser: ToolParser) -> None:
+    parser.add_argument(
+        "--engine", choices=ENGINES, default="hf",
+        help="what samples: hf (transformers' generate) or vllm (vLLM in this process; pip install 'hhalign[vllm]')",
+    )  # fmt: skip
 
 
 def score_parser() -> ToolParser:
@@ -37,6 +44,7 @@ def generate_parser() -> ToolParser:
     _sampling(parser, "1 samples the model itself; 0 is greedy")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--chat_template", nargs="?", const=True, type=on_or_off, help=CHAT_TEMPLATE_HELP)
+    _engine(parser)
     return parser
 
 
@@ -68,6 +76,7 @@ def evaluate_parser() -> ToolParser:
     parser.add_argument("--max_response_length", type=int, help="with --data: reply tokens (the run's)")
     chat_help = f"with --data: {CHAT_TEMPLATE_HELP}"
     parser.add_argument("--chat_template", nargs="?", const=True, type=on_or_off, help=chat_help)
+    _engine(parser)
     return parser
 
 

@@ -13,7 +13,8 @@ from hhalign.data.batches import collate_sequences
 from hhalign.data.pairs import ASSISTANT, HUMAN, PairTokenizer, TokenizedPair
 from hhalign.data.reading import read_pairs
 from hhalign.data.templates import ChatTemplate
-from hhalign.models.generation import Sampling, sample_completions
+from hhalign.models.engines import HFEngine, RolloutEngine, open_engine
+from hhalign.models.generation import Sampling
 from hhalign.models.loading import load_model, load_tokenizer
 from hhalign.objectives.reward import RewardModule
 from hhalign.rewards.model import check_reward_model
@@ -93,12 +94,20 @@ def score(argv: list[str] | None = None) -> None:
 
 
 def generate_reply(
-    model: Any, tokenizer: Any, prompt: str, sampling: Sampling, seed: int = 0, chat: bool = False
+    model: Any,
+    tokenizer: Any,
+    prompt: str,
+    sampling: Sampling,
+    seed: int = 0,
+    chat: bool = False,
+    engine: RolloutEngine | None = None,
 ) -> str:
-    """One reply, drawn as ``hhalign evaluate`` and the online objectives draw (``sample_completions``)."""
+    """One reply, drawn as ``hhalign evaluate`` and the online objectives draw, by ``engine`` (default: Hugging
+    Face generation)."""
     template = ChatTemplate(tokenizer) if chat else None
     ids = PairTokenizer(tokenizer, 1, template=template).encode_prompt(as_prompt(prompt))
-    (completion,) = sample_completions(model, [ids], sampling, tokenizer.eos_token_id, tokenizer.pad_token_id, seed)
+    stop_id, pad_id = tokenizer.eos_token_id, tokenizer.pad_token_id
+    ((completion,),) = (engine or HFEngine()).sample(model, [ids], 1, sampling, stop_id, pad_id, seed)
     return tokenizer.decode(completion.tokens, skip_special_tokens=True)
 
 
@@ -109,4 +118,8 @@ def generate(argv: list[str] | None = None) -> None:
     tokenizer = load_tokenizer(args.model)
     sampling = Sampling(args.max_new_tokens, args.temperature, args.top_p)
     chat = chat_template_for(args.chat_template, args.model)
-    print(generate_reply(model, tokenizer, args.prompt, sampling, args.seed, chat))
+    engine = open_engine(args.engine)
+    try:
+        print(generate_reply(model, tokenizer, args.prompt, sampling, args.seed, chat, engine))
+    finally:
+        engine.close()
