@@ -231,6 +231,10 @@ def main() -> None:
     parser.add_argument("--online-prompts", type=int, default=4, help="online: prompts a step")
     parser.add_argument("--online-k", type=int, default=4, help="online: completions per prompt")
     parser.add_argument("--online-new-tokens", type=int, default=64, help="online: tokens per completion")
+    parser.add_argument(
+        "--online-tools", nargs="+", default=["hhalign", "hhalign-vllm", "hhalign-ppo"],
+        choices=["hhalign", "hhalign-vllm", "hhalign-ppo"], help="online: hhalign's runs (--peer trl adds TRL's)",
+    )  # fmt: skip
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--max-length", type=int, default=512)
     parser.add_argument("--steps", type=int, default=8, help="timed steps per run")

@@ -64,8 +64,10 @@ def run_online(args: Any, models: dict[str, Path], work: Path, run_worker: Any, 
         by_tool: dict[str, list[Any]] = {}
         for repeat in range(args.repeats):
             tools = [("hhalign", [sys.executable, str(HERE / "online_worker.py")])]
+            tools += [("hhalign-vllm", [sys.executable, str(HERE / "online_worker.py"), "--engine", "vllm"])]
             tools += [("hhalign-ppo", [sys.executable, str(HERE / "online_worker.py"), "--objective", "ppo"])]
             tools += [("trl", [str(trl_python), str(HERE / "trl_online_worker.py")])] if trl_python else []
+            tools = [(tool, command) for tool, command in tools if tool in args.online_tools or tool == "trl"]
             for tool, command in tools:
                 out = work / f"online-{tool}-{size}-{repeat}.json"
                 result = run_worker([*command, *common, "--out", str(out)], out)
@@ -82,7 +84,8 @@ def run_online(args: Any, models: dict[str, Path], work: Path, run_worker: Any, 
 
 def _table(size: str, by_tool: dict[str, list[Any]], steps: int, p: int, k: int, t: int, prompt: int) -> list[str]:
     lines = [
-        f"\nonline RLOO (hhalign, trl) and PPO (hhalign-ppo: {p * k} prompts × 1, passes of {p}), {size}: "
+        "\nonline RLOO (hhalign: sampled by transformers' generate; hhalign-vllm: by vLLM in the process; trl) and PPO "
+        f"(hhalign-ppo: {p * k} prompts × 1, passes of {p}), {size}: "
         f"{p} prompts × K = {k} a step, {t} new tokens each, prompts {prompt} tokens on average",
         "| tool | s/step (median) | completions/s | sampling share | peak RSS MB |",
         "|---|---:|---:|---:|---:|",
@@ -96,6 +99,10 @@ def _table(size: str, by_tool: dict[str, list[Any]], steps: int, p: int, k: int,
             f"{statistics.median(rates[tool]):.3f} | {sampling:.2f} | "
             f"{statistics.median(r.peak_rss_mb for r in results):.0f} |"
         )
+    if "hhalign-vllm" in rates:
+        ratios = [v / h for v, h in zip(rates["hhalign-vllm"], rates["hhalign"], strict=True)]
+        lines.append(f"- completions/s, hhalign-vllm over hhalign (HF), each repeat: "
+                     f"{', '.join(f'{r:.2f}' for r in ratios)}; median {statistics.median(ratios):.2f}")  # fmt: skip
     if "trl" in rates:
         ratios = [h / t for h, t in zip(rates["hhalign"], rates["trl"], strict=True)]
         lines.append(f"- completions/s, hhalign over TRL, each repeat: {', '.join(f'{r:.2f}' for r in ratios)}; "

@@ -27,12 +27,14 @@ class Recorder(Callback):
     def __init__(self, result: WorkerResult, clock: StepClock, k: int) -> None:
         self.result, self.clock, self.k = result, clock, k
         self.seconds = {"sampling": 0.0, "scoring": 0.0}
+        self.first_sampling = 0.0
 
     def on_train_batch_end(self, trainer: L.Trainer, module: Any, outputs: Any, batch: Any, batch_idx: int) -> None:
         self.clock.step_end()
         step = len(self.clock.ends) - 1
         if step == 0:
             self.result.first_loss = float(trainer.callback_metrics["train/loss"])
+            self.first_sampling = module.last_rollout_seconds.get("sampling", 0.0)
         if self.clock.timed(step):
             self.result.pairs += len(batch.prompts) * module.hparams.num_generations  # completions (pairs column)
             for name, value in module.last_rollout_seconds.items():
@@ -46,6 +48,7 @@ def main() -> None:
     for name in ("--prompts-per-step", "--k", "--max-new-tokens", "--max-length", "--steps", "--warmup"):
         parser.add_argument(name, type=int, required=True)
     parser.add_argument("--objective", choices=["rloo", "ppo"], default="rloo")
+    parser.add_argument("--engine", choices=["hf", "vllm"], default="hf", help="what samples (vllm: in this process)")
     args = parser.parse_args()
     ppo = args.objective == "ppo"
     data = PreferenceDataModule(
@@ -68,6 +71,7 @@ def main() -> None:
         log_samples_every_n_steps=0,
         optimizer=partial(torch.optim.AdamW, lr=1e-5),
         lr_schedule="constant",
+        rollout_engine=args.engine,
     )
     result = WorkerResult(
         "hhalign", "online", args.model, args.objective, args.prompts_per_step, args.steps, args.warmup
@@ -90,6 +94,7 @@ def main() -> None:
     trainer.fit(module, data)
     result.seconds = clock.seconds()
     result.extra = {f"{name}_seconds": value for name, value in recorder.seconds.items()}
+    result.extra["first_sampling_seconds"] = recorder.first_sampling  # the warm-up step's: vLLM starts in it
     result.write(args.out)
 
 

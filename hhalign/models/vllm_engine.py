@@ -91,6 +91,8 @@ class VLLMEngine:
         """How many times weights were pushed (read by the tests)."""
 
     def start(self, model: Any) -> None:
+        # vLLM's info lines, and a warm-up of the chat template it has no tokenizer for, would flood the console
+        os.environ.setdefault("VLLM_LOGGING_LEVEL", "ERROR")
         vllm = import_vllm()
         config = (model.get_base_model() if hasattr(model, "get_base_model") else model).config
         os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")

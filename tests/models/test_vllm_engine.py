@@ -149,3 +149,28 @@ def test_an_online_fit_on_the_engine_logs_the_gap_stops_on_sigterm_resumes_and_l
         assert abs(float(row["train/engine_kl"])) < TOLERANCE
     counts = (tmp_path / "children").read_text().split()
     assert len(counts) >= 4 and set(counts) == {"0"}  # after every step: no worker process to orphan
+
+
+def test_generate_and_evaluate_sample_through_the_engine_as_through_generate(engine, policy, prompts, tokenizer):
+    """Greedy, so both engines must give the same replies: ``generate``'s reply, and an evaluation's samples of a
+    policy and of another model as its reference (the engine takes each one's weights in turn)."""
+    from types import SimpleNamespace
+
+    from hhalign.tools.judging import Judge, evaluate
+    from hhalign.tools.use import generate_reply
+
+    greedy = Sampling(8, temperature=0.0)
+    assert generate_reply(policy, tokenizer, "Hi", greedy, engine=engine) == generate_reply(
+        policy, tokenizer, "Hi", greedy
+    )
+    other = copy.deepcopy(policy)
+    with torch.no_grad():
+        other.lm_head.weight.mul_(1.5)  # tied to the embeddings: another model of the same shapes
+    judge = Judge(lambda sequences: [float(len(s)) for s in sequences], "length")
+    pairs = [SimpleNamespace(prompt=p) for p in prompts]
+    stop, pad = tokenizer.eos_token_id, tokenizer.pad_token_id
+    by_engine = evaluate(policy, other, judge, pairs, greedy, stop, pad, progress=False, engine=engine)
+    by_generate = evaluate(policy, other, judge, pairs, greedy, stop, pad, progress=False)
+    keys = ("prompt_index", "policy", "reference", "policy_finished", "reference_finished")
+    assert [{k: r[k] for k in keys} for r in by_engine.rows] == [{k: r[k] for k in keys} for r in by_generate.rows]
+    assert any(r["policy"] != r["reference"] for r in by_engine.rows)  # two models were sampled, not one twice
