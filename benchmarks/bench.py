@@ -233,7 +233,8 @@ def main() -> None:
     parser.add_argument("--online-new-tokens", type=int, default=64, help="online: tokens per completion")
     parser.add_argument(
         "--online-tools", nargs="+", default=["hhalign", "hhalign-vllm", "hhalign-ppo"],
-        choices=["hhalign", "hhalign-vllm", "hhalign-ppo"], help="online: hhalign's runs (--peer trl adds TRL's)",
+        choices=["hhalign", "hhalign-vllm", "hhalign-vllm-compiled", "hhalign-ppo"],
+        help="online: hhalign's runs (--peer trl adds TRL's)",
     )  # fmt: skip
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--max-length", type=int, default=512)

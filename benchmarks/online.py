@@ -65,6 +65,8 @@ def run_online(args: Any, models: dict[str, Path], work: Path, run_worker: Any, 
         for repeat in range(args.repeats):
             tools = [("hhalign", [sys.executable, str(HERE / "online_worker.py")])]
             tools += [("hhalign-vllm", [sys.executable, str(HERE / "online_worker.py"), "--engine", "vllm"])]
+            compiled = ["--engine", "vllm", "--engine-compile"]
+            tools += [("hhalign-vllm-compiled", [sys.executable, str(HERE / "online_worker.py"), *compiled])]
             tools += [("hhalign-ppo", [sys.executable, str(HERE / "online_worker.py"), "--objective", "ppo"])]
             tools += [("trl", [str(trl_python), str(HERE / "trl_online_worker.py")])] if trl_python else []
             tools = [(tool, command) for tool, command in tools if tool in args.online_tools or tool == "trl"]

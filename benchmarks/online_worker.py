@@ -49,6 +49,7 @@ def main() -> None:
         parser.add_argument(name, type=int, required=True)
     parser.add_argument("--objective", choices=["rloo", "ppo"], default="rloo")
     parser.add_argument("--engine", choices=["hf", "vllm"], default="hf", help="what samples (vllm: in this process)")
+    parser.add_argument("--engine-compile", action="store_true", help="vllm: compiled, not eager")
     args = parser.parse_args()
     ppo = args.objective == "ppo"
     data = PreferenceDataModule(
@@ -72,6 +73,7 @@ def main() -> None:
         optimizer=partial(torch.optim.AdamW, lr=1e-5),
         lr_schedule="constant",
         rollout_engine=args.engine,
+        engine_compile=args.engine_compile,
     )
     result = WorkerResult(
         "hhalign", "online", args.model, args.objective, args.prompts_per_step, args.steps, args.warmup

@@ -64,6 +64,7 @@ class SamplingModule(PolicyModule):
             this process, the policy's weights pushed into it before every draw; ``pip install 'hhalign[vllm]'``).
         engine_kv_cache_gib: vLLM's key/value cache on a CPU, in GiB.
         engine_gpu_memory_share: vLLM's share of a GPU's memory (weights and cache); training keeps the rest.
+        engine_compile: Let vLLM compile its model (torch.compile, CUDA graphs on a GPU) instead of running eagerly.
     """
 
     examples = "prompts"
@@ -94,6 +95,7 @@ class SamplingModule(PolicyModule):
         rollout_engine: EngineName = "hf",
         engine_kv_cache_gib: PositiveFloat = 1.0,  # type: ignore[assignment]
         engine_gpu_memory_share: PositiveFloat = 0.3,  # type: ignore[assignment]
+        engine_compile: bool = False,
         **kwargs: Any,
     ) -> None:
         self.reward_terms = [load_reward_function(name) for name in reward_functions or []]  # typos fail here
@@ -140,7 +142,9 @@ class SamplingModule(PolicyModule):
     def engine(self) -> RolloutEngine:
         if self._engine is None:
             hp = self.hparams
-            options = EngineOptions(hp.engine_kv_cache_gib, hp.engine_gpu_memory_share)
+            options = EngineOptions(
+                hp.engine_kv_cache_gib, hp.engine_gpu_memory_share, enforce_eager=not hp.engine_compile
+            )
             self._engine = open_engine(hp.rollout_engine, options)
         return self._engine
 
