@@ -19,6 +19,12 @@ from torch import Tensor
 CorrectionLevel = Literal["token", "sequence"]
 
 
+def to_width(values: Tensor, width: int) -> Tensor:
+    """Per-token ``(N, T)`` values cut or zero-padded to ``width`` columns (the engine's and the trainer's widths
+    can differ by the padding each adds)."""
+    return torch.nn.functional.pad(values, (0, max(0, width - values.shape[1])))[:, :width]
+
+
 def engine_gap(trainer_logps: Tensor, engine_logps: Tensor, mask: Tensor) -> dict[str, Tensor]:
     """``logp_gap``: the mean over real tokens of ``|log π_engine − log π_trainer|``; ``kl``: per completion,
     ``Σ_t (log π_engine − log π_trainer)``, whose mean over the engine's samples estimates

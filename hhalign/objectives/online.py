@@ -17,7 +17,7 @@ from torch import Tensor
 
 from hhalign.data.batches import GroupBatch, PromptBatch
 from hhalign.errors import ConfigError
-from hhalign.losses.engine_mismatch import engine_gap, truncated_importance_weights
+from hhalign.losses.engine_mismatch import engine_gap, to_width, truncated_importance_weights
 from hhalign.objectives.outputs import StepOutputs
 from hhalign.objectives.rollouts import Prepared, Rollout, minibatch_rows, select_prepared
 from hhalign.objectives.sampling import SamplingModule
@@ -48,6 +48,9 @@ class OnlineModule(SamplingModule):
             for ``loss_type sequence``), correcting for the engine's slightly different numbers. None: no weights;
             the gap is logged either way (``engine_logp_gap``, ``engine_kl``).
     """
+
+    logps_at_sampling_temperature = True
+    """Whether ``forwards`` gives log-probs at the sampling temperature (online DPO's are the model's own)."""
 
     def __init__(
         self,
@@ -190,10 +193,10 @@ class OnlineModule(SamplingModule):
         if rollout.engine_logps is None:
             return prepared, metrics
         logps, mask = sampled["logps"], sampled["mask"]
-        engine = torch.nn.functional.pad(
-            rollout.engine_logps, (0, max(0, logps.shape[1] - rollout.engine_logps.shape[1]))
-        )
-        engine = engine[:, : logps.shape[1]].to(logps)
+        if not self.logps_at_sampling_temperature:  # the gap is to the distribution the engine sampled from
+            with torch.no_grad():
+                logps, mask = self.token_logps(self.trainable_module(), rollout.batch, self.hparams.temperature)
+        engine = to_width(rollout.engine_logps, logps.shape[1]).to(logps)
         gap = engine_gap(logps, engine, mask)
         metrics["engine_logp_gap"], metrics["engine_kl"] = (gap["logp_gap"][None], None), (gap["kl"], None)
         if (cap := self.hparams.importance_sampling_cap) is not None:

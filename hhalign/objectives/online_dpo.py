@@ -70,6 +70,8 @@ class OnlineDPOModule(OnlineModule):
         prepared = {} if ref_logps is None else {"ref_sums": (ref_logps * mask.float()).sum(1)}
         return prepared, self.shared_metrics(rollout, logps, ref_logps, mask)
 
+    logps_at_sampling_temperature = False
+
     def forwards(self, batch: GroupBatch) -> Forwards:
         """The policy's own log-probs (temperature 1), as DPO's implicit reward is defined."""
         logps, mask = self.token_logps(self.trainable_module(), batch)

@@ -280,3 +280,25 @@ def test_samples_go_to_a_wandb_table_when_wandb_is_on(tmp_path, tiny_dir, monkey
     assert "completion" in table["columns"] and len(table["data"]) == len(logged) == 2 * 4
     column = table["columns"].index("completion")
     assert [row[column] for row in table["data"]] == [row["completion"] for row in logged]
+
+
+@pytest.mark.parametrize(("objective", "temperature"), [("RLOOModule", 0.7), ("OnlineDPOModule", 0.9)])
+def test_the_engine_gap_is_to_the_distribution_sampled_from(tiny_dir, tokenizer, objective, temperature):
+    """An engine whose log-probs are exactly the policy's at the sampling temperature has no gap and importance
+    weights of 1, also for online DPO, whose own log-probs are at temperature 1 (they are not what was sampled)."""
+    import hhalign
+
+    module = getattr(hhalign, objective)(
+        str(tiny_dir), reward_functions=["tests.online_rewards:constant"], temperature=temperature,
+        max_completion_length=6, importance_sampling_cap=2.0,
+    )  # fmt: skip
+    module.configure_model()
+    prompts = [tokenizer.encode(f"\n\nHuman: say {w}\n\nAssistant:") for w in ("yes", "something longer")]
+    rollout = module.rollout(prompts, 2, seed=3)
+    with torch.no_grad():
+        rollout.engine_logps = module.token_logps(module.policy, rollout.batch, temperature)[0]  # a perfect engine
+        prepared, metrics = module._prepared(rollout, module.forwards(rollout.batch))
+    assert metrics["engine_logp_gap"][0].item() < 1e-6
+    assert metrics["engine_kl"][0].abs().max().item() < 1e-5
+    if objective == "RLOOModule":
+        torch.testing.assert_close(prepared["engine_weights"], torch.ones(4))  # per completion (loss sequence)
