@@ -10,12 +10,15 @@ they gave each sampled token, which the trainer compares with its own (``losses.
 from __future__ import annotations
 
 import importlib.util
-from collections.abc import Sequence
-from typing import Any, Protocol
+from collections.abc import Iterable, Sequence
+from typing import TYPE_CHECKING, Any, Protocol
 
 from hhalign.errors import ConfigError
 from hhalign.models.generation import Completion, sample_completions, sample_groups
 from hhalign.models.sampling import ENGINES, EngineName, EngineOptions, Sampling
+
+if TYPE_CHECKING:
+    from torch import Tensor
 
 __all__ = ["ENGINES", "EngineName", "EngineOptions", "HFEngine", "RolloutEngine", "open_engine"]
 
@@ -37,6 +40,10 @@ class RolloutEngine(Protocol):
         description: str | None = None,
     ) -> list[list[Completion]]:
         """K completions of each prompt from ``model`` as its weights are now, ``[prompt][sample]``, seeded."""
+        ...
+
+    def push(self, model: Any, weights: Iterable[tuple[str, Tensor]] | None = None) -> None:
+        """Load ``model``'s weights, or ``weights`` gathered by the trainer (FSDP's), for the draws that follow."""
         ...
 
     def close(self) -> None:
@@ -67,6 +74,9 @@ class HFEngine:
             drawn = sample_completions(model, prompts, sampling, stop_id, pad_id, seed, batch_size, description)
             return [[c] for c in drawn]
         return sample_groups(model, prompts, k, sampling, stop_id, pad_id, seed, batch_size, synced)
+
+    def push(self, model: Any, weights: Iterable[tuple[str, Tensor]] | None = None) -> None:
+        """Nothing to load: the model being trained is the sampler."""
 
     def close(self) -> None:
         pass

@@ -7,16 +7,20 @@ So one code path serves a policy at step 0, after any optimizer step, after a re
 reference drawn after its policy.
 
 It runs in this process (``VLLM_ENABLE_V1_MULTIPROCESSING=0``): the weights pass by reference, not through a
-socket, and there is no worker process to orphan when a run is killed.
+socket, and there is no worker process to orphan when a run is killed. Under DDP or FSDP every rank holds its own
+engine over the trainer's process group (vLLM's ``external_launcher``) and samples its own prompts; under FSDP the
+trainer gathers the full weights on every rank and pushes them itself (``push`` with ``weights``), outside the
+sharded forward, where a gather cannot run.
 """
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
 import torch
@@ -55,6 +59,33 @@ def engine_weights(model: Any) -> Iterator[tuple[str, torch.Tensor]]:
         yield name.replace(".base_layer.", "."), tensor.detach()
 
 
+def weights_from_state(
+    state: dict[str, torch.Tensor], scalings: dict[str, float]
+) -> Iterator[tuple[str, torch.Tensor]]:
+    """A gathered state dict (FSDP's, of a plain or a peft model) under a Hugging Face checkpoint's names, each
+    LoRA layer merged by hand: ``W + scaling · B·A`` (``scalings`` by layer name, as ``lora_scalings`` reads)."""
+    for name, tensor in state.items():
+        if "lora_" in name:
+            continue
+        layer, _, leaf = name.rpartition(".base_layer.")
+        if layer and leaf == "weight" and f"{layer}.lora_A.default.weight" in state:
+            down, up = state[f"{layer}.lora_A.default.weight"], state[f"{layer}.lora_B.default.weight"]
+            tensor = tensor + scalings[layer] * (up @ down)
+        yield name.removeprefix("base_model.model.").replace(".base_layer.", "."), tensor
+
+
+def lora_scalings(model: Any) -> dict[str, float]:
+    """Each LoRA layer's scaling, by its name in the model's state dict (wrappers' prefixes removed)."""
+    from peft.tuners.lora import LoraLayer
+
+    scalings = {}
+    for name, module in model.named_modules():
+        if isinstance(module, LoraLayer) and "default" in module.scaling:
+            clean = name.replace("_fsdp_wrapped_module.", "").replace("_checkpoint_wrapped_module.", "")
+            scalings[clean] = float(module.scaling["default"])
+    return scalings
+
+
 class _MergedAdapters:
     """LoRA adapters merged into their layers while the engine reads the weights, unmerged afterwards."""
 
@@ -87,6 +118,8 @@ class VLLMEngine:
         self.llm: Any = None
         self._folder: str | None = None
         self._had_process_group = False
+        self.pushed_by_trainer = False
+        """Set by the first ``push`` with gathered weights: draws then sample what was pushed last (FSDP)."""
         self.pushes = 0
         """How many times weights were pushed (read by the tests)."""
 
@@ -104,6 +137,13 @@ class VLLMEngine:
             memory = {"kv_cache_memory_bytes": int(self.options.kv_cache_gib * 2**30)}
         set_num_threads = torch.set_num_threads
         self._had_process_group = torch.distributed.is_available() and torch.distributed.is_initialized()
+        launcher = {}
+        if self._had_process_group and torch.distributed.get_world_size() > 1:  # one engine a rank, on its group
+            rank = torch.distributed.get_rank()
+            os.environ.setdefault("RANK", str(rank))
+            os.environ.setdefault("LOCAL_RANK", str(rank))
+            os.environ.setdefault("WORLD_SIZE", str(torch.distributed.get_world_size()))
+            launcher = {"distributed_executor_backend": "external_launcher"}
         self._folder = tempfile.mkdtemp(prefix="hhalign-engine-")
         config.save_pretrained(self._folder)  # the architecture alone: the weights are pushed at every draw
         dtype = next(model.parameters()).dtype
@@ -117,14 +157,21 @@ class VLLMEngine:
             logprobs_mode="processed_logprobs",  # of the distribution sampled from (temperature applied)
             seed=0,
             **memory,
+            **launcher,
         )
         torch.set_num_threads = set_num_threads  # vLLM's CPU worker replaces it process-wide with a warning
 
-    def push(self, model: Any) -> None:
-        """The model's weights as they are now into the engine, and its prefix cache emptied."""
-        with _MergedAdapters(model):
-            weights = list(engine_weights(model))
-            self.llm.collective_rpc(_load_into_worker, args=(weights,))
+    def push(self, model: Any, weights: Iterable[tuple[str, torch.Tensor]] | None = None) -> None:
+        """The model's weights as they are now into the engine (or ``weights``, gathered by the trainer: from then
+        on draws do not push on their own), and its prefix cache emptied."""
+        if self.llm is None:
+            self.start(model)
+        if weights is not None:
+            self.pushed_by_trainer = True
+            self.llm.collective_rpc(_load_into_worker, args=(list(weights),))
+        else:
+            with _MergedAdapters(model):
+                self.llm.collective_rpc(_load_into_worker, args=(list(engine_weights(model)),))
         self.llm.reset_prefix_cache()
         self.pushes += 1
 
@@ -141,9 +188,8 @@ class VLLMEngine:
         synced: bool = False,
         description: str | None = None,
     ) -> list[list[Completion]]:
-        if self.llm is None:
-            self.start(model)
-        self.push(model)
+        if not self.pushed_by_trainer:
+            self.push(model)
         from vllm import SamplingParams
         from vllm.inputs import TokensPrompt
 
@@ -174,9 +220,8 @@ class VLLMEngine:
     ) -> list[float]:
         """log p(completion | prompt) summed over the completion's tokens, as the engine computes it with the
         model's weights pushed: what the weight-sync check compares with the trainer's own."""
-        if self.llm is None:
-            self.start(model)
-        self.push(model)
+        if not self.pushed_by_trainer:
+            self.push(model)
         from vllm import SamplingParams
         from vllm.inputs import TokensPrompt
 
@@ -192,15 +237,29 @@ class VLLMEngine:
         if self.llm is not None:
             self.llm.llm_engine.engine_core.shutdown()
             self.llm = None
-            if not self._had_process_group:  # the engine's own one-process group; a trainer's is left alone
-                from vllm.distributed.parallel_state import destroy_distributed_environment, destroy_model_parallel
+            self.pushed_by_trainer = False
+            from vllm.distributed.parallel_state import destroy_distributed_environment, destroy_model_parallel
 
+            with _default_group_kept(self._had_process_group):  # a trainer's group outlives the engine
                 destroy_model_parallel()
                 destroy_distributed_environment()
             gc.collect()
         if self._folder is not None:
             shutil.rmtree(self._folder, ignore_errors=True)
             self._folder = None
+
+
+@contextlib.contextmanager
+def _default_group_kept(keep: bool) -> Iterator[None]:
+    """While vLLM destroys its groups, a call to destroy the default one (the trainer's) does nothing: vLLM
+    passes its groups by name, and a group it holds as None would otherwise take the default group with it."""
+    destroy = torch.distributed.destroy_process_group
+    if keep:
+        torch.distributed.destroy_process_group = lambda group=None: None if group is None else destroy(group)
+    try:
+        yield
+    finally:
+        torch.distributed.destroy_process_group = destroy
 
 
 def _completion(output: Any, stop_id: int) -> Completion:

@@ -23,6 +23,7 @@ from hhalign.models.engines import EngineName, EngineOptions, RolloutEngine, che
 from hhalign.models.forward import model_inputs, response_states
 from hhalign.models.generation import Sampling
 from hhalign.models.loading import load_tokenizer
+from hhalign.models.vllm_engine import lora_scalings, weights_from_state
 from hhalign.objectives.outputs import StepOutputs
 from hhalign.objectives.reference import PolicyModule
 from hhalign.objectives.rollouts import Rollout, engine_token_logps
@@ -30,7 +31,7 @@ from hhalign.objectives.sample_log import sample_rows, write_samples
 from hhalign.rewards.functions import load_reward_function
 from hhalign.rewards.model import RewardModel, check_same_tokenizer
 from hhalign.rewards.terms import Rewards
-from hhalign.training.sharding import is_fsdp
+from hhalign.training.sharding import full_state_dict, is_fsdp
 
 VALIDATION_SEED_OFFSET = 1 << 40
 """Validation draws from seeds of their own, the same at every validation, so its curve compares like with like."""
@@ -148,14 +149,13 @@ class SamplingModule(PolicyModule):
             self._engine = open_engine(hp.rollout_engine, options)
         return self._engine
 
-    def setup(self, stage: str) -> None:
-        super().setup(stage)
-        if self.hparams.rollout_engine != "hf" and self.trainer.world_size > 1:
-            raise ConfigError(
-                f"--model.rollout_engine {self.hparams.rollout_engine} runs in one training process here (its "
-                f"weights pushed in place); this run has {self.trainer.world_size}: set --model.rollout_engine hf, "
-                "or train on one device"
-            )
+    def push_gathered_weights(self) -> None:
+        """Under FSDP the engine's weights are gathered on every rank here, before a step's or a validation's
+        sharded forward, inside which a gather cannot run; elsewhere each draw pushes the weights itself."""
+        if self.hparams.rollout_engine != "hf" and is_fsdp(self._trainer):
+            policy = self.trainable_module()
+            state = full_state_dict(self.trainer, f"{self.trained_attribute}.", every_rank=True)
+            self.engine.push(policy, weights_from_state(state or {}, lora_scalings(policy)))
 
     def teardown(self, stage: str) -> None:
         super().teardown(stage)
@@ -274,12 +274,15 @@ class SamplingModule(PolicyModule):
 
     def on_validation_epoch_start(self) -> None:
         self._validation_batch = 0
+        self.push_gathered_weights()
 
     def on_test_epoch_start(self) -> None:
         self._validation_batch = 0
+        self.push_gathered_weights()
 
     def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
         self._step_started = time.perf_counter()
+        self.push_gathered_weights()
 
     def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
         super().on_train_batch_end(outputs, batch, batch_idx)

@@ -134,9 +134,9 @@ def clip_sharded(trainer: L.Trainer, max_norm: float) -> bool:
     return True
 
 
-def full_state_dict(trainer: L.Trainer, prefix: str) -> dict[str, Tensor] | None:
+def full_state_dict(trainer: L.Trainer, prefix: str, every_rank: bool = False) -> dict[str, Tensor] | None:
     """The entries of the module's state dict under ``prefix`` (without it), gathered whole on rank 0 (None on
-    the others); every process must call it. Without FSDP, the module's own tensors."""
+    the others), or on every rank; every process must call it. Without FSDP, the module's own tensors."""
     module = trainer.lightning_module
     if not is_fsdp(trainer):
         state = module.state_dict()
@@ -146,10 +146,10 @@ def full_state_dict(trainer: L.Trainer, prefix: str) -> dict[str, Tensor] | None
 
         root: Any = trainer.model
         offload = trainer.strategy.root_device.type != "cpu"  # to host memory on a GPU; already there on CPU
-        config = FullStateDictConfig(offload_to_cpu=offload, rank0_only=True)
+        config = FullStateDictConfig(offload_to_cpu=offload, rank0_only=not every_rank)
         with FSDP.state_dict_type(root, StateDictType.FULL_STATE_DICT, config):
             state = root.state_dict()
-        if not trainer.is_global_zero:
+        if not (every_rank or trainer.is_global_zero):
             return None
     return {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
 

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from safetensors.torch import load_file
 
 from hhalign.models.engines import HFEngine, open_engine
 from hhalign.models.generation import completion_logps
@@ -174,3 +175,33 @@ def test_generate_and_evaluate_sample_through_the_engine_as_through_generate(eng
     keys = ("prompt_index", "policy", "reference", "policy_finished", "reference_finished")
     assert [{k: r[k] for k in keys} for r in by_engine.rows] == [{k: r[k] for k in keys} for r in by_generate.rows]
     assert any(r["policy"] != r["reference"] for r in by_engine.rows)  # two models were sampled, not one twice
+
+
+@pytest.mark.sharded
+@pytest.mark.parametrize("strategy", ["fsdp-lora", "ddp"])
+def test_each_rank_samples_from_its_own_engine_with_the_weights_of_every_step(tmp_path, tiny_dir, strategy):
+    """Two training processes, an engine in each over the trainer's process group: under FSDP the full weights
+    are gathered on every rank before each step (LoRA merged by hand from the gathered state), under DDP each
+    rank pushes its own copy. The engine-trainer gap stays at float noise through steps that move the policy,
+    which it would not if a step's weights were missed (a large learning rate makes each step count)."""
+    from tests.sharded import fsdp_overlay, run_cli, train_rows
+
+    data = write_jsonl(tmp_path / "p.jsonl", [{"prompt": f"\n\nHuman: say {w}\n\nAssistant:"} for w in "abcdefgh"])
+    parallel = ["--config", str(fsdp_overlay(tmp_path)), "--model.lora_rank", "4"] if strategy == "fsdp-lora" else [
+        "--trainer.strategy", "ddp", "--trainer.devices", "2"]  # fmt: skip
+    args = tiny_fit_args(
+        tmp_path, tiny_dir, data, "configs/tiny/rloo.yaml", *parallel,
+        "--model.reward_model", "null", "--model.reward_functions", "[tests.online_rewards:share_of_e]",
+        "--model.max_completion_length", "8", "--data.batch_size", "2", "--data.val_batch_size", "1",
+        "--model.rollout_engine", "vllm", "--model.optimizer.init_args.lr", "0.05", steps=3, val_every=3,
+    )  # fmt: skip
+    fit = run_cli(args)
+    assert fit.returncode == 0, fit.stderr[-4000:]
+    rows = train_rows(tmp_path / "tiny" / "t")
+    assert sorted(rows) == [0, 1, 2]
+    for row in rows.values():
+        assert float(row["train/engine_logp_gap"]) < 1e-4, row  # per token
+        assert abs(float(row["train/engine_kl"])) < TOLERANCE, row
+    start, trained = (load_file(d / "model.safetensors") for d in (tiny_dir, tmp_path / "tiny" / "t" / "export"))
+    moved = max(float((trained[k] - start[k]).abs().max()) for k in start)
+    assert moved > 1e-3  # the steps changed what the engine had to follow
