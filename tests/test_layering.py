@@ -8,7 +8,7 @@ from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parent.parent / "hhalign"
 LAYERS = [
-    {"errors", "options", "files"},
+    {"errors", "options", "files", "named"},
     {"checkpoint_files"},
     {"data"},
     {"losses"},

@@ -3,14 +3,11 @@ then batched by the collator of that kind of example."""
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import math
-import os
 import random
 from collections import Counter
-from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -23,13 +20,16 @@ from torchdata.stateful_dataloader import StatefulDataLoader
 from hhalign.data import cache
 from hhalign.data.audit import audit, nothing_left
 from hhalign.data.batches import PaddingSide
+from hhalign.data.choices import Choice
 from hhalign.data.examples import EXAMPLE_KINDS, ExampleKind, ExampleSettings, sequences_fingerprint
+from hhalign.data.ratings import Ratings
 from hhalign.data.reading import read_records
 from hhalign.data.records import OnBadRecord, Record, first_conversational
+from hhalign.data.reshaping import reshaper
 from hhalign.data.samplers import EvalShard, ResumableShuffle, length_grouped_batches
 from hhalign.data.sources import source_kind, val_split_of
 from hhalign.data.templates import template_for
-from hhalign.data.tokenizers import load_tokenizer
+from hhalign.data.tokenizers import load_tokenizer, tokenizer_threads
 from hhalign.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
@@ -37,25 +37,10 @@ log = logging.getLogger(__name__)
 SUMMARY_FILE = "data_summary.json"
 CACHE_SETTINGS = (
     "path", "data_dir", "val_path", "train_split", "val_split", "valid_fraction", "split_seed", "max_length",
-    "max_response_length", "examples", "chat_template", "on_bad_record", "columns",
+    "max_response_length", "examples", "chat_template", "on_bad_record", "columns", "preset", "choice", "ratings",
+    "record_function",
 )  # fmt: skip
 """What the tokenized examples depend on besides the files and the tokenizer: the cache key."""
-
-
-@contextlib.contextmanager
-def tokenizer_threads(enabled: bool) -> Iterator[None]:
-    """Let the Rust tokenizers use every core for one batch call (the Makefile and tests turn them off so
-    that forked data-loader workers do not deadlock; with no workers there is nothing to fork)."""
-    saved = os.environ.get("TOKENIZERS_PARALLELISM")
-    if enabled:
-        os.environ["TOKENIZERS_PARALLELISM"] = "true"
-    try:
-        yield
-    finally:
-        if saved is None:
-            os.environ.pop("TOKENIZERS_PARALLELISM", None)
-        else:
-            os.environ["TOKENIZERS_PARALLELISM"] = saved
 
 
 def split_records(records: list[Record], valid_fraction: float, seed: int) -> tuple[list[Record], list[Record]]:
@@ -105,6 +90,10 @@ class PreferenceDataModule(L.LightningDataModule):
             tokenizer's, for one that has none.
         columns: The source's column for each of hhalign's fields, e.g. ``{"chosen": "response_a",
             "rejected": "response_b"}``; the other columns keep their names.
+        preset, choice, ratings, record_function: How rows not split into chosen and rejected become pairs: a
+            public set by name (``hhalign.data.reshaping.PRESETS``), a column naming the preferred reply
+            (``hhalign.data.choices.Choice``), rated replies (``hhalign.data.ratings.Ratings``), or a
+            ``module:function`` turning each raw row into a record, a list of them, or None.
     """
 
     def __init__(
@@ -129,6 +118,10 @@ class PreferenceDataModule(L.LightningDataModule):
         examples: ExampleKind = "pairs",
         chat_template: bool | str = False,
         columns: dict[str, str] | None = None,
+        preset: str | None = None,
+        choice: Choice | None = None,
+        ratings: Ratings | None = None,
+        record_function: str | None = None,
         num_workers: NonNegativeInt = 0,  # type: ignore[assignment]
         on_bad_record: OnBadRecord = "error",
         trust_remote_code: bool = False,
@@ -145,6 +138,7 @@ class PreferenceDataModule(L.LightningDataModule):
         self.formats: dict[str, str] = {}
         self.collator: Any = None
         self.fingerprint = ""
+        self.reshape = reshaper(preset, choice, ratings, record_function)  # a wrong preset or function fails here
 
     def attach_reference_logps(self, train: list[tuple[float, float]], val: list[tuple[float, float]]) -> None:
         """Give every training and validation pair its reference log-probs (computed once, before training),
@@ -154,7 +148,8 @@ class PreferenceDataModule(L.LightningDataModule):
 
     def _records(self, source: str, split: str, counts: Counter[str]) -> list[Record]:
         hp = self.hparams
-        read = read_records(source, split, hp.data_dir, hp.columns, hp.on_bad_record, counts)
+        pairs = hp.examples != "prompts"  # an online objective may read a pair set's prompts
+        read = read_records(source, split, hp.data_dir, hp.columns, hp.on_bad_record, counts, self.reshape, pairs)
         self.formats[source if source_kind(source) == "files" else f"{source}[{split}]"] = read.format
         return read.records
 
@@ -179,7 +174,8 @@ class PreferenceDataModule(L.LightningDataModule):
         tokenizer = load_tokenizer(hp.tokenizer_name_or_path, hp.trust_remote_code)
         if isinstance(hp.chat_template, str):  # a template of the user's: part of the tokenizer, and of the key
             template_for(tokenizer, hp.chat_template, None)
-        key = cache.cache_key({k: hp[k] for k in CACHE_SETTINGS}, tokenizer) if hp.cache_tokenized else None
+        settings = {k: hp[k] for k in CACHE_SETTINGS} | {"reshape": self.reshape and self.reshape.identity}
+        key = cache.cache_key(settings, tokenizer) if hp.cache_tokenized else None
         hit = cache.load(key, self.kind.example_type) if key else None
         if hit is not None:
             self.train_examples, self.val_examples, self.summary = hit
@@ -213,6 +209,8 @@ class PreferenceDataModule(L.LightningDataModule):
         self.summary = self._summarize(len(train_records) + len(val_records) + counts["bad_record"], counts)
         self.summary["validation"] = val_source
         self.summary["format"] = self.formats
+        if self.reshape is not None:
+            self.summary["pairs_from"] = self.reshape.describe()
         self.summary["chat_template"] = template is not None
 
     def _summarize(self, read: int, counts: Counter[str]) -> dict[str, Any]:

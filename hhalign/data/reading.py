@@ -13,6 +13,7 @@ from hhalign.data.formats import apply_columns, detect, to_record
 from hhalign.data.pairs import PairTokenizer, TokenizedPair
 from hhalign.data.prompts import PromptTokenizer, TokenizedPrompt
 from hhalign.data.records import OnBadRecord, Record, first_conversational
+from hhalign.data.reshaping import Reshape, check_mapping
 from hhalign.data.sources import data_files, dataset_rows, file_rows, source_kind
 from hhalign.data.templates import template_for
 from hhalign.errors import DataError
@@ -42,13 +43,20 @@ def read_records(
     columns: Mapping[str, str] | None = None,
     on_bad_record: OnBadRecord = "error",
     counts: Counter[str] | None = None,
+    reshape: Reshape | None = None,
+    pairs: bool = True,
 ) -> Source:
-    """Every record of one source. The first good record fixes the format; a bad record raises ``DataError``
-    naming its origin or, with ``skip``, is counted in ``counts["bad_record"]``."""
+    """Every record of one source, its rows first made records by ``reshape`` when given. The first good record
+    fixes the format; a bad record raises ``DataError`` naming its origin or, with ``skip``, is counted in
+    ``counts["bad_record"]``. A source that looks like a public set needing a preset, or a mapping that leaves
+    the column saying which reply is preferred, is refused (when ``pairs`` are what the run trains on)."""
     counts = Counter() if counts is None else counts
     records: list[Record] = []
     fmt = first = None
-    for origin, raw in rows(path, split, data_dir):
+    source = rows(path, split, data_dir)
+    for origin, raw in reshape(source, counts) if reshape else source:
+        if fmt is None and reshape is None and not isinstance(raw, DataError):  # not a bad record: never skipped
+            check_mapping(raw, columns, origin, pairs)
         try:
             if isinstance(raw, DataError):
                 raise raw
@@ -64,7 +72,9 @@ def read_records(
                 f"{err}. Fix the record, or set data.on_bad_record: skip to drop and count bad ones"
             ) from None
     if not records:
-        raise DataError(f"no usable records in {path!r}" + (f" [{split}]" if source_kind(path) != "files" else ""))
+        dropped = ", ".join(f"{n} {k}" for k, n in counts.items() if n and not k.startswith("cut:"))
+        where = f" [{split}]" if source_kind(path) != "files" else ""
+        raise DataError(f"no usable records in {path!r}{where}" + (f" (dropped: {dropped})" if dropped else ""))
     return Source(records, fmt)  # type: ignore[arg-type]
 
 
@@ -74,7 +84,7 @@ def read_examples(
     """A file's pairs as training would tokenize them, or its prompts when it holds prompts alone (for the tools
     that score, judge or sample a file): conversational records through the chat template, text records through
     it when ``chat_template``."""
-    source = read_records(path)
+    source = read_records(path, pairs=False)
     template = template_for(tokenizer, chat_template, first_conversational(source.records))
     if source.format == "prompt-only":
         tokenize: Any = PromptTokenizer(tokenizer, max_length, max_response_length, template)

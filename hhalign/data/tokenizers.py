@@ -3,6 +3,9 @@ and errors a user can act on. The data stage needs it before any model exists; `
 
 from __future__ import annotations
 
+import contextlib
+import os
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -64,3 +67,19 @@ def load_tokenizer(name_or_path: str, trust_remote_code: bool = False) -> Any:
             )
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer
+
+
+@contextlib.contextmanager
+def tokenizer_threads(enabled: bool) -> Iterator[None]:
+    """Let the Rust tokenizers use every core for one batch call (the Makefile and tests turn them off so
+    that forked data-loader workers do not deadlock; with no workers there is nothing to fork)."""
+    saved = os.environ.get("TOKENIZERS_PARALLELISM")
+    if enabled:
+        os.environ["TOKENIZERS_PARALLELISM"] = "true"
+    try:
+        yield
+    finally:
+        if saved is None:
+            os.environ.pop("TOKENIZERS_PARALLELISM", None)
+        else:
+            os.environ["TOKENIZERS_PARALLELISM"] = saved

@@ -31,7 +31,7 @@ DEFAULT_DATA = "data/hh-rlhf"
 def _texts(data: str) -> Iterator[str]:
     from hhalign.data.reading import read_records
 
-    for record in read_records(data, on_bad_record="skip", counts=Counter()).records:
+    for record in read_records(data, on_bad_record="skip", counts=Counter(), pairs=False).records:
         yield record.chosen
         yield record.rejected
 

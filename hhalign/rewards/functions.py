@@ -9,7 +9,6 @@ configured, so a typo fails before any model loads; what it returns is checked a
 
 from __future__ import annotations
 
-import importlib
 import inspect
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -19,6 +18,7 @@ import torch
 from torch import Tensor
 
 from hhalign.errors import ConfigError
+from hhalign.named import named_function
 
 
 @dataclass(frozen=True)
@@ -75,20 +75,7 @@ class RewardFunction:
 def load_reward_function(name: str) -> RewardFunction:
     """The function named ``module:function`` (``module`` importable from the working directory or the
     environment), checked to be callable."""
-    module_name, sep, attribute = name.partition(":")
-    if not sep or not module_name or not attribute:
-        raise ConfigError(f"reward function {name!r} must be written module:function, e.g. my_rewards:brevity")
-    try:
-        module = importlib.import_module(module_name)
-    except Exception as err:
-        raise ConfigError(
-            f"reward function {name}: cannot import {module_name!r} ({type(err).__name__}: {err})"
-        ) from err
-    function = getattr(module, attribute, None)
-    if function is None:
-        raise ConfigError(f"reward function {name}: module {module_name!r} has no {attribute!r}")
-    if not callable(function):
-        raise ConfigError(f"reward function {name}: {attribute!r} is a {type(function).__name__}, not a function")
+    function = named_function(name, "reward function", "my_rewards:brevity")
     try:
         parameters = list(inspect.signature(function).parameters.values())[2:]  # after prompts and completions
     except (TypeError, ValueError):  # a builtin without a signature: the two lists only

@@ -19,6 +19,7 @@ def report(data: Any) -> str:
     lines = [
         f"source:     {hp.path}" + (f" (data_dir {hp.data_dir})" if hp.data_dir else ""),
         "format:     " + ", ".join(f"{fmt} ({where})" for where, fmt in s["format"].items()),
+        *([f"pairs from: {s['pairs_from']}"] if "pairs_from" in s else []),
         f"tokenizer:  {hp.tokenizer_name_or_path}  chat template: {'on' if s['chat_template'] else 'off'}  "
         f"max_length {hp.max_length}, max_response_length {hp.max_response_length or hp.max_length}",
         f"examples:   {hp.examples}: {kept['train']:,} train + {kept['val']:,} validation ({s['validation']})",

@@ -73,16 +73,22 @@ def test_a_wrong_role_on_a_later_line_is_named(tmp_path: Path, tiny_dir: Path, r
          "chosen and rejected are the same text"),
         ([{"prompt": "hi", "completion": "a", "label": True}] * 8, "KTO reads those"),
         ([{"prompt": "hi"}] * 8, "no chosen/rejected pair: map the columns"),
-        ([{"prompt": "hi", "response_0": "a", "response_1": "b", "better_response_id": 1}] * 8,
-         "no chosen/rejected pair: map the columns"),  # PKU-SafeRLHF's layout
     ],
-    ids=["identical", "unpaired", "prompt-only", "pku-style"],
+    ids=["identical", "unpaired", "prompt-only"],
 )  # fmt: skip
 def test_no_pairs_left_names_the_file_and_the_real_cause(tmp_path: Path, tiny_dir: Path, records, advice: str):
     data = write_jsonl(tmp_path / "pairs.jsonl", records)
     message = _fit(tmp_path, tiny_dir, data)
     assert f"{data}: no training pairs left" in message and advice in message
     assert "max_length" not in message
+
+
+def test_a_published_set_read_without_its_preset_is_named_with_the_flag_that_loads_it(tmp_path: Path, tiny_dir: Path):
+    records = [{"prompt": "hi", "response_0": "a", "response_1": "b", "better_response_id": 1}] * 8  # PKU-SafeRLHF
+    data = write_jsonl(tmp_path / "pairs.jsonl", records)
+    message = _fit(tmp_path, tiny_dir, data)
+    assert message.startswith(f"hhalign: error: {data}:1: these rows hold no chosen/rejected pair")
+    assert message.endswith("load them with --data.preset pku-saferlhf-better") and "max_length" not in message
 
 
 def test_a_utf8_bom_file_is_read(tmp_path: Path):
