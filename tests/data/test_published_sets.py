@@ -7,6 +7,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+import sys
 from collections import Counter
 from pathlib import Path
 
@@ -255,3 +256,63 @@ def test_dpo_and_reward_model_fits_on_a_choice_file_and_on_a_ratings_file(tmp_pa
         assert summary["pairs_from"].startswith("preset pku" if shape == "choice" else "--data.ratings: ratings")
         if shape == "ratings":  # 1, 2 or 3 beside 4.0 and 2.5: three ratings apart, three pairs a record
             assert summary["kept"]["train"] + summary["kept"]["val"] == 16 * 3
+
+
+PRESET_FILES = {
+    "shp": [shp_row(i, 1, 10 + i, 5) if i % 2 else shp_row(i, 0, 5, 10 + i) for i in range(8)],
+    "pku-saferlhf-safer": [pku_row(i, 0, i % 2) for i in range(8)],
+    "chatbot-arena": [{"conversation_a": _conversation(f"q{i}", f"a{i}"),
+                       "conversation_b": _conversation(f"q{i}", f"b{i}"),
+                       "winner": ["model_a", "model_b", "tie"][i % 3]} for i in range(12)],
+    "helpsteer2-preference": [{"prompt": f"p{i}", "response_1": f"one {i}", "response_2": f"two {i}",
+                               "preference_strength": i % 5 - 2} for i in range(12)],
+    "helpsteer2-ratings": [{"prompt": f"p{i // 2}", "response": f"r{i}", "helpfulness": i % 4} for i in range(16)],
+    "ultrafeedback": [ultrafeedback_row(i, [1.0, 2.0 + i % 2, 3.5]) for i in range(8)],
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("preset", sorted(PRESET_FILES))
+def test_each_preset_through_the_data_module_and_its_token_cache(tmp_path, tiny_chat_dir, monkeypatch, preset):
+    monkeypatch.setenv("HHALIGN_CACHE", str(tmp_path / "cache"))
+    path = write_jsonl(tmp_path / f"{preset}.jsonl", PRESET_FILES[preset])
+
+    def module() -> PreferenceDataModule:
+        data = PreferenceDataModule(str(path), str(tiny_chat_dir), max_length=128, valid_fraction=0.25, preset=preset)
+        data.setup("fit")
+        return data
+
+    fresh = module()
+    expected = _pairs(path, preset=preset)
+    assert len(fresh.train_examples) + len(fresh.val_examples) == len(expected) > 0
+    assert sorted(p.margin or 0 for p in fresh.train_examples + fresh.val_examples) == sorted(
+        m or 0 for *_, m in expected
+    )
+    with monkeypatch.context() as patch:
+        patch.setattr("hhalign.data.datamodule.read_records", lambda *a, **k: pytest.fail("read again"))
+        cached = module()
+    assert cached.train_examples == fresh.train_examples and cached.summary["pairs_from"] == fresh.summary["pairs_from"]
+
+
+def test_an_edited_record_function_is_not_served_from_the_cache(tmp_path, tiny_dir, monkeypatch):
+    monkeypatch.setenv("HHALIGN_CACHE", str(tmp_path / "cache"))
+    monkeypatch.syspath_prepend(str(tmp_path))
+    code = "def pair(row):\n    return {'prompt': row['q'], 'chosen': row['a'], 'rejected': row['b']}\n"
+    (tmp_path / "my_rows.py").write_text(code)
+    path = write_jsonl(tmp_path / "rows.jsonl", [{"q": f"q{i}", "a": f"yes {i}", "b": f"no {i}"} for i in range(8)])
+
+    def module() -> PreferenceDataModule:
+        data = PreferenceDataModule(str(path), str(tiny_dir), max_length=128, valid_fraction=0.25,
+                                    record_function="my_rows:pair")  # fmt: skip
+        data.setup("fit")
+        return data
+
+    before = module()
+    (tmp_path / "my_rows.py").write_text(
+        code.replace("row['a'], 'rejected': row['b']", "row['b'], 'rejected': row['a']")
+    )
+    monkeypatch.delitem(sys.modules, "my_rows")
+    after = module()
+    assert len(list((tmp_path / "cache").iterdir())) == 2
+    assert [(p.chosen, p.rejected) for p in after.train_examples] == [
+        (p.rejected, p.chosen) for p in before.train_examples
+    ]
