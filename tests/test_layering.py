@@ -76,6 +76,8 @@ def test_the_check_catches_an_upward_import(tmp_path, monkeypatch):
 
 def test_the_architecture_doc_states_this_order():
     text = (PACKAGE.parent / "docs" / "architecture.md").read_text()
-    order = "errors, options, files, named → checkpoint_files → data → losses → models → rewards → training → objectives"
+    order = (
+        "errors, options, files, named → checkpoint_files → data → losses → models → rewards → training → objectives"
+    )
     order += " → tools → commands, cli"
     assert order in text
