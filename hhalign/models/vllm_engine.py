@@ -49,21 +49,12 @@ def import_vllm() -> Any:
     return vllm
 
 
-def engine_weights(model: Any) -> Iterator[tuple[str, torch.Tensor]]:
-    """The model's weights under a Hugging Face checkpoint's names, detached; a peft model's adapters must be
-    merged first (``merged_adapters``)."""
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    for name, tensor in base.state_dict().items():
-        if "lora_" in name:
-            continue
-        yield name.replace(".base_layer.", "."), tensor.detach()
-
-
 def weights_from_state(
     state: dict[str, torch.Tensor], scalings: dict[str, float]
 ) -> Iterator[tuple[str, torch.Tensor]]:
-    """A gathered state dict (FSDP's, of a plain or a peft model) under a Hugging Face checkpoint's names, each
-    LoRA layer merged by hand: ``W + scaling · B·A`` (``scalings`` by layer name, as ``lora_scalings`` reads)."""
+    """A state dict (a model's own, or FSDP's gathered one; of a plain or a peft model) under a Hugging Face
+    checkpoint's names, each LoRA layer merged into a new tensor: ``W + scaling · B·A`` (``scalings`` by layer
+    name, as ``lora_scalings`` reads)."""
     for name, tensor in state.items():
         if "lora_" in name:
             continue
@@ -84,21 +75,6 @@ def lora_scalings(model: Any) -> dict[str, float]:
             clean = name.replace("_fsdp_wrapped_module.", "").replace("_checkpoint_wrapped_module.", "")
             scalings[clean] = float(module.scaling["default"])
     return scalings
-
-
-class _MergedAdapters:
-    """LoRA adapters merged into their layers while the engine reads the weights, unmerged afterwards."""
-
-    def __init__(self, model: Any) -> None:
-        self.model = model if hasattr(model, "merge_adapter") else None
-
-    def __enter__(self) -> None:
-        if self.model is not None:
-            self.model.merge_adapter()
-
-    def __exit__(self, *exc: object) -> None:
-        if self.model is not None:
-            self.model.unmerge_adapter()
 
 
 def _load_into_worker(worker: Any, weights: list[tuple[str, torch.Tensor]]) -> int:
@@ -135,6 +111,9 @@ class VLLMEngine:
         memory = {"gpu_memory_utilization": self.options.gpu_memory_share}
         if not on_gpu:  # an explicit cache size: no share of the machine's memory reserved, no warm-up pass
             memory = {"kv_cache_memory_bytes": int(self.options.kv_cache_gib * 2**30)}
+            # whole prompts only: a prompt prefilled in chunks has its first draw discarded and its seeded generator
+            # rewound, which a CPU generator cannot do ("CPU Generator does not use offset" past ~2k prompt tokens)
+            memory["enable_chunked_prefill"] = False
         set_num_threads = torch.set_num_threads
         self._had_process_group = torch.distributed.is_available() and torch.distributed.is_initialized()
         launcher = {}
@@ -169,9 +148,9 @@ class VLLMEngine:
         if weights is not None:
             self.pushed_by_trainer = True
             self.llm.collective_rpc(_load_into_worker, args=(list(weights),))
-        else:
-            with _MergedAdapters(model):
-                self.llm.collective_rpc(_load_into_worker, args=(list(engine_weights(model)),))
+        else:  # adapters merged into a copy: merging in place and back would drift the frozen weights by rounding
+            merged = weights_from_state(model.state_dict(), lora_scalings(model))
+            self.llm.collective_rpc(_load_into_worker, args=(list(merged),))
         self.llm.reset_prefix_cache()
         self.pushes += 1
 

@@ -68,6 +68,15 @@ def test_the_engine_samples_with_the_policys_own_log_probs_seeded(engine, policy
     assert all(g[0].tokens != g[1].tokens for g in groups)  # K samples of a prompt are K draws
 
 
+def test_a_rollout_larger_than_one_prefill_chunk_draws_every_seeded_sample(engine, policy, prompts, tokenizer):
+    """256 seeded requests hold more prompt tokens than vLLM prefills in one step on a CPU: prefilled in chunks,
+    a request's first draw is discarded and its generator rewound, which a CPU generator refuses ("CPU Generator
+    does not use offset"), so the engine prefills whole prompts."""
+    stop, pad = tokenizer.eos_token_id, tokenizer.pad_token_id
+    groups = engine.sample(policy, [p * 4 for p in prompts], 96, Sampling(2), stop, pad, seed=1)
+    assert [len(g) for g in groups] == [96] * 3 and len({tuple(c.tokens) for g in groups for c in g}) > 3
+
+
 def test_greedy_replies_and_their_ends_are_those_of_generate(engine, policy, prompts, tokenizer):
     greedy, pad = Sampling(12, temperature=0.0), tokenizer.pad_token_id
     hf = HFEngine().sample(policy, prompts, 1, greedy, tokenizer.eos_token_id, pad)
